@@ -1,0 +1,49 @@
+"""Command-line entry point; the logic lives in the library.
+
+  python -m mer_jax.main --config=configs/avt_ca.py:synthetic --workdir=DIR \
+      [--mode=train|eval] [--config.optim.learning_rate=1e-3 ...]
+"""
+
+from __future__ import annotations
+
+from mer_jax.log import logger as logging
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/avt_ca.py:synthetic.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'What to do with the config.')
+flags.DEFINE_string('eval_split', 'test', 'eval mode: split to evaluate.')
+flags.DEFINE_string('checkpoint', 'best', "eval mode: 'best', 'latest' or a step number.")
+flags.DEFINE_string('eval_data_dir', '', 'eval mode: evaluate on the dataset built under this '
+                    'TFDS data_dir instead of the config\'s (e.g. unseen speakers).')
+flags.DEFINE_string('eval_dataset', '', 'eval mode: TFDS name of another dataset to score.')
+flags.DEFINE_string('coordinator_address', '', 'host:port of process 0 for multi-process runs.')
+flags.DEFINE_integer('num_processes', 1, 'Processes in a multi-process run.')
+flags.DEFINE_integer('process_id', 0, 'This process\'s index in a multi-process run.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from mer_jax import log
+  log.quiet_libraries()
+  from mer_jax import sharding
+  sharding.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                        FLAGS.process_id)
+  if FLAGS.mode == 'train':
+    from mer_jax import train
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  else:
+    from mer_jax import evaluate
+    evaluate.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, split=FLAGS.eval_split,
+                                 checkpoint=FLAGS.checkpoint, data_dir=FLAGS.eval_data_dir,
+                                 dataset=FLAGS.eval_dataset)
+
+
+if __name__ == '__main__':
+  app.run(main)

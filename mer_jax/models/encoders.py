@@ -1,0 +1,110 @@
+"""Modality encoders shared across papers."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mer_jax.models import layers
+
+Array = jax.Array
+
+
+class Conv1DAudioEncoder(nn.Module):
+  """Blocks of Conv1D(k) -> BN -> ReLU -> MaxPool(pool) over time.
+
+  [B, T, F] features -> [B, T / pool**len(channels), channels[-1]].
+  """
+  channels: Sequence[int] = (64, 128)
+  kernel_size: int = 3
+  pool: int = 2
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    for c in self.channels:
+      x = layers.ConvBNAct(c, (self.kernel_size,), padding='SAME')(x, train)
+      x = nn.max_pool(x, (self.pool,), (self.pool,), padding='SAME')
+    return x
+
+
+class ChannelSpatialAttention(nn.Module):
+  """Channel attention sigma(FC(AvgPool)) times spatial attention softmax(Conv).
+
+  The spatial softmax is rescaled by H*W so a uniform map leaves x unchanged.
+  """
+  reduction: int = 4
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    n, h, w, c = x.shape
+    pooled = x.mean(axis=(1, 2))
+    ca = nn.Dense(max(c // self.reduction, 4))(pooled)
+    ca = nn.sigmoid(nn.Dense(c)(nn.relu(ca)))  # [N, C]
+    sa = layers.PointwiseConv(1, impl=self.impl)(x).reshape(n, h * w)
+    sa = jax.nn.softmax(sa, axis=-1).reshape(n, h, w, 1) * (h * w)
+    return x * ca[:, None, None, :] * sa
+
+
+class LocalFeatureExtractor(nn.Module):
+  """Splits the map into grid x grid patches, each with its own depthwise-separable
+  conv (EfficientFace's local branch), and stitches them back."""
+  features: int
+  grid: int = 2
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    n, h, w, c = x.shape
+    g = self.grid
+    if h % g or w % g:
+      raise ValueError(f'feature map {h}x{w} not divisible into a {g}x{g} grid')
+    ph, pw = h // g, w // g
+    rows = []
+    for i in range(g):
+      cols = []
+      for j in range(g):
+        p = x[:, i * ph:(i + 1) * ph, j * pw:(j + 1) * pw, :]
+        p = layers.DepthwiseConv(3, impl=self.impl, name=f'dw_{i}{j}')(p)
+        p = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f'bn_{i}{j}')(p)
+        cols.append(nn.relu(p))
+      rows.append(jnp.concatenate(cols, axis=2))
+    out = jnp.concatenate(rows, axis=1)
+    return layers.PointwiseBNAct(self.features, act=False, impl=self.impl)(out, train)
+
+
+class EfficientFrameEncoder(nn.Module):
+  """Light per-frame face encoder (EfficientFace-like, as AVT-CA describes it).
+
+  Conv stem -> MaxPool -> channel x spatial attention -> + local features ->
+  two inverted residual blocks -> global average pool -> Dense(out_dim).
+  Input u8 or f32 [N, H, W, 3]; output [N, out_dim].
+  """
+  stem_features: int = 29
+  stage_features: Sequence[int] = (116, 232)
+  expansion: int = 2
+  local_grid: int = 2
+  out_dim: int = 128
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, frames: Array, train: bool) -> Array:
+    x = layers.normalize_frames(frames) if frames.dtype == jnp.uint8 else frames
+    x = layers.ConvBNAct(self.stem_features, (3, 3), strides=2)(x, train)
+    x = nn.max_pool(x, (3, 3), (2, 2), padding='SAME')
+    att = ChannelSpatialAttention(impl=self.impl)(x)
+    x = att + LocalFeatureExtractor(self.stem_features, self.local_grid, impl=self.impl)(x, train)
+    for c in self.stage_features:
+      x = layers.InvertedResidual(c, strides=2, expansion=self.expansion, impl=self.impl)(x, train)
+    x = x.mean(axis=(1, 2))
+    return nn.Dense(self.out_dim)(x)
+
+
+def encode_frames(encoder: nn.Module, video: Array, train: bool) -> Array:
+  """Applies a per-frame encoder to [B, T, H, W, C] -> [B, T, D]."""
+  b, t = video.shape[:2]
+  feats = encoder(video.reshape((b * t,) + video.shape[2:]), train)
+  return feats.reshape(b, t, -1)

@@ -1,0 +1,234 @@
+"""Shared building blocks composed by the paper modules.
+
+Convolutions that XLA's CPU backend runs slowly (1x1 and depthwise) have two
+implementations behind an `impl` switch: 'xla' uses `lax.conv_general_dilated`
+(the fast path on GPU/TPU); 'matmul' writes a 1x1 conv as an einsum and a
+depthwise kxk conv as k*k shifted multiply-adds, which is 4-6x faster on CPU
+(PERFORMANCE_NOTES) and numerically the same (tested). Parameter shapes are
+identical in both, so checkpoints move between them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+default_kernel_init = nn.initializers.lecun_normal()
+
+
+def resolve_impl(impl: str) -> str:
+  """'auto' picks 'matmul' on CPU and 'xla' on accelerators."""
+  if impl == 'auto':
+    return 'matmul' if jax.default_backend() == 'cpu' else 'xla'
+  if impl not in ('xla', 'matmul'):
+    raise ValueError(f"impl must be 'auto', 'xla' or 'matmul', got {impl!r}")
+  return impl
+
+
+class PointwiseConv(nn.Module):
+  """1x1 convolution over the last axis of an NHWC (or any [..., C]) input."""
+  features: int
+  use_bias: bool = True
+  impl: str = 'auto'
+  kernel_init: Callable = default_kernel_init
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param('kernel', self.kernel_init, (1, 1, x.shape[-1], self.features))
+    if resolve_impl(self.impl) == 'matmul' or x.ndim != 4:
+      y = jnp.einsum('...c,cd->...d', x, kernel[0, 0].astype(x.dtype))
+    else:
+      y = jax.lax.conv_general_dilated(
+          x, kernel.astype(x.dtype), (1, 1), 'SAME',
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(x.dtype)
+    return y
+
+
+def depthwise_conv_shifted(x: Array, kernel: Array, stride: int) -> Array:
+  """Depthwise kxk conv with SAME padding as k*k shifted multiply-adds.
+
+  x: [N, H, W, C]; kernel: [k, k, 1, C] (the HWIO layout of a grouped conv).
+  Padding follows XLA's SAME rule so the result equals `lax.conv` exactly.
+  """
+  k = kernel.shape[0]
+  n, h, w, c = x.shape
+  out_h, out_w = -(-h // stride), -(-w // stride)
+  pad_h = max((out_h - 1) * stride + k - h, 0)
+  pad_w = max((out_w - 1) * stride + k - w, 0)
+  xp = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
+                   (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+  y = None
+  for i in range(k):
+    for j in range(k):
+      patch = jax.lax.slice(
+          xp, (0, i, j, 0),
+          (n, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
+          (1, stride, stride, 1))
+      term = patch * kernel[i, j, 0]
+      y = term if y is None else y + term
+  return y
+
+
+class DepthwiseConv(nn.Module):
+  """Depthwise kxk convolution (one filter per channel), SAME padding."""
+  kernel_size: int = 3
+  strides: int = 1
+  use_bias: bool = False
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    c = x.shape[-1]
+    k = self.kernel_size
+    kernel = self.param('kernel', default_kernel_init, (k, k, 1, c)).astype(x.dtype)
+    if resolve_impl(self.impl) == 'matmul':
+      y = depthwise_conv_shifted(x, kernel, self.strides)
+    else:
+      y = jax.lax.conv_general_dilated(
+          x, kernel, (self.strides, self.strides), 'SAME',
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c)
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros, (c,)).astype(x.dtype)
+    return y
+
+
+class ConvBNAct(nn.Module):
+  """Conv (any kernel) -> BatchNorm -> activation, for NHWC or NWC inputs."""
+  features: int
+  kernel_size: Sequence[int] = (3, 3)
+  strides: Sequence[int] | int = 1
+  padding: Any = 'SAME'
+  act: Optional[Callable] = nn.relu
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    x = nn.Conv(self.features, tuple(self.kernel_size), strides=self.strides,
+                padding=self.padding, use_bias=False, dtype=self.dtype)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
+    return self.act(x) if self.act is not None else x
+
+
+class PointwiseBNAct(nn.Module):
+  """1x1 conv -> BN -> optional ReLU through `PointwiseConv`."""
+  features: int
+  act: bool = True
+  impl: str = 'auto'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    x = PointwiseConv(self.features, use_bias=False, impl=self.impl)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
+    return nn.relu(x) if self.act else x
+
+
+class InvertedResidual(nn.Module):
+  """MobileNetV2-style inverted residual: 1x1 expand, kxk depthwise, 1x1 project."""
+  features: int
+  strides: int = 1
+  expansion: int = 2
+  kernel_size: int = 3
+  impl: str = 'auto'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    cin = x.shape[-1]
+    h = PointwiseBNAct(cin * self.expansion, impl=self.impl, dtype=self.dtype)(x, train)
+    h = DepthwiseConv(self.kernel_size, self.strides, impl=self.impl)(h)
+    h = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(h))
+    h = PointwiseBNAct(self.features, act=False, impl=self.impl, dtype=self.dtype)(h, train)
+    if self.strides == 1 and cin == self.features:
+      return x + h
+    return h
+
+
+class MultiHeadAttention(nn.Module):
+  """Scaled dot-product attention of `q_in` over `kv_in` with h heads.
+
+  Returns the output and, when `return_weights`, the attention map [B, h, Tq, Tk].
+  `kv_mask` ([B, Tk], 1 = attend) hides padded or missing positions.
+  """
+  num_heads: int
+  qkv_features: Optional[int] = None
+  out_features: Optional[int] = None
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, q_in: Array, kv_in: Array, train: bool,
+               kv_mask: Optional[Array] = None, return_weights: bool = False):
+    d = self.qkv_features or q_in.shape[-1]
+    if d % self.num_heads:
+      raise ValueError(f'qkv_features {d} not divisible by num_heads {self.num_heads}')
+    dh = d // self.num_heads
+    dense = lambda name: nn.DenseGeneral((self.num_heads, dh), dtype=self.dtype, name=name)
+    q, k, v = dense('query')(q_in), dense('key')(kv_in), dense('value')(kv_in)
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / math.sqrt(dh)
+    if kv_mask is not None:
+      big_neg = jnp.finfo(logits.dtype).min
+      logits = jnp.where(kv_mask[:, None, None, :] > 0, logits, big_neg)
+    weights = jax.nn.softmax(logits, axis=-1)
+    weights_d = nn.Dropout(self.dropout_rate)(weights, deterministic=not train)
+    out = jnp.einsum('bhqk,bkhd->bqhd', weights_d, v)
+    out = nn.DenseGeneral(self.out_features or q_in.shape[-1], axis=(-2, -1),
+                          dtype=self.dtype, name='out')(out)
+    return (out, weights) if return_weights else out
+
+
+class FeedForward(nn.Module):
+  """Position-wise FFN: Dense(d_ff) -> act -> dropout -> Dense(d)."""
+  d_ff: int
+  dropout_rate: float = 0.1
+  activation: Callable = nn.gelu
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    h = self.activation(nn.Dense(self.d_ff, dtype=self.dtype)(x))
+    h = nn.Dropout(self.dropout_rate)(h, deterministic=not train)
+    return nn.Dense(x.shape[-1], dtype=self.dtype)(h)
+
+
+class TransformerLayer(nn.Module):
+  """Post-LN transformer layer; attends to `context` when given (cross-attention)."""
+  num_heads: int
+  d_ff: int
+  dropout_rate: float = 0.1
+  activation: Callable = nn.gelu
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool, context: Optional[Array] = None,
+               context_mask: Optional[Array] = None) -> Array:
+    ctx = x if context is None else context
+    a = MultiHeadAttention(self.num_heads, dropout_rate=self.dropout_rate,
+                           dtype=self.dtype)(x, ctx, train, kv_mask=context_mask)
+    x = nn.LayerNorm(dtype=self.dtype)(x + nn.Dropout(self.dropout_rate)(a, deterministic=not train))
+    f = FeedForward(self.d_ff, self.dropout_rate, self.activation, self.dtype)(x, train)
+    return nn.LayerNorm(dtype=self.dtype)(x + nn.Dropout(self.dropout_rate)(f, deterministic=not train))
+
+
+def sinusoidal_positions(length: int, dim: int) -> Array:
+  """Fixed sine/cosine positional encoding [length, dim] (Vaswani et al.)."""
+  pos = jnp.arange(length)[:, None]
+  i = jnp.arange(dim // 2 + dim % 2)[None, :]
+  angle = pos / jnp.power(10000.0, 2 * i / dim)
+  enc = jnp.zeros((length, dim))
+  enc = enc.at[:, 0::2].set(jnp.sin(angle)[:, : (dim + 1) // 2])
+  enc = enc.at[:, 1::2].set(jnp.cos(angle)[:, : dim // 2])
+  return enc
+
+
+def normalize_frames(video: Array, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> Array:
+  """u8[..., 3] frames -> f32 standardised with ImageNet statistics."""
+  x = video.astype(jnp.float32) / 255.0
+  return (x - jnp.asarray(mean)) / jnp.asarray(std)

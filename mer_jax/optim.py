@@ -1,0 +1,65 @@
+"""Optimisers and learning-rate schedules from config."""
+
+from __future__ import annotations
+
+import optax
+
+
+def make_schedule(cfg, steps_per_epoch: int, total_steps: int):
+  """Learning rate per step.
+
+  cfg.schedule: 'constant' | 'cosine' | 'step' (x decay_rate at decay_start_epoch
+  and every decay_epochs after it, as ATTSF-Net's recipe); cfg.warmup_epochs adds a
+  linear warm-up in front of any of them.
+  """
+  lr = cfg.learning_rate
+  warmup = int(round(cfg.get('warmup_epochs', 0.0) * steps_per_epoch))
+  kind = cfg.get('schedule', 'constant')
+  if kind == 'constant':
+    main = optax.constant_schedule(lr)
+  elif kind == 'cosine':
+    main = optax.cosine_decay_schedule(lr, max(total_steps - warmup, 1),
+                                       alpha=cfg.get('final_lr_fraction', 0.0))
+  elif kind == 'step':
+    every = max(int(round(cfg.decay_epochs * steps_per_epoch)), 1)
+    # First decay at decay_start_epoch (default: after decay_epochs), then every decay_epochs.
+    first = int(round(cfg.get('decay_start_epoch', cfg.decay_epochs) * steps_per_epoch))
+    rate = cfg.decay_rate
+
+    def main(step):
+      import jax.numpy as jnp
+      n = jnp.where(step >= first, (step - first) // every + 1, 0)
+      return lr * rate ** n
+  else:
+    raise ValueError(f'unknown schedule {kind!r}')
+  if warmup:
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+  return main
+
+
+def make_optimizer(cfg, steps_per_epoch: int, total_steps: int):
+  """Returns (optax transform, schedule).
+
+  weight_decay: decoupled for 'adamw'; for 'adam' and 'sgd' an L2 term added
+  to the gradients, as PyTorch's `weight_decay` argument does.
+  """
+  schedule = make_schedule(cfg, steps_per_epoch, total_steps)
+  name = cfg.optimizer
+  wd = cfg.get('weight_decay', 0.0)
+  parts = []
+  if cfg.get('grad_clip_norm', 0.0):
+    parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+  if name == 'adamw':
+    parts.append(optax.adamw(schedule, b1=cfg.get('b1', 0.9), b2=cfg.get('b2', 0.999),
+                             weight_decay=wd))
+  elif name in ('adam', 'sgd'):
+    if wd:
+      parts.append(optax.add_decayed_weights(wd))
+    if name == 'adam':
+      parts.append(optax.adam(schedule, b1=cfg.get('b1', 0.9), b2=cfg.get('b2', 0.999)))
+    else:
+      parts.append(optax.sgd(schedule, momentum=cfg.get('momentum', 0.9) or None,
+                             nesterov=cfg.get('nesterov', False)))
+  else:
+    raise ValueError(f'unknown optimizer {name!r} (adam, adamw, sgd)')
+  return optax.chain(*parts), schedule
