@@ -1,0 +1,35 @@
+"""Shared fixtures: the tiny synthetic dataset, built once per test session,
+and the real sample files in ../shared/data (tests skip where it is absent)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / 'shared' / 'data'
+
+
+@pytest.fixture(scope='session')
+def tiny_data_dir(tmp_path_factory):
+  """TFDS data_dir holding `synthetic_av/small` (12 speakers, 4 frames of 32x32)."""
+  from mer_jax.log import quiet_libraries
+  from data_pipelines import input_pipeline
+  from configs import avt_ca
+  quiet_libraries()
+  data_dir = os.environ.get('MER_JAX_TEST_DATA_DIR') or str(tmp_path_factory.mktemp('tfds'))
+  cfg = avt_ca.get_config('tiny')
+  cfg.dataset.data_dir = data_dir
+  input_pipeline.get_builder(cfg.dataset)
+  return data_dir
+
+
+@pytest.fixture(scope='session')
+def shared_data():
+  """Path of the real dataset samples; skips the test when they are not here."""
+  if not SHARED_DATA.is_dir():
+    pytest.skip(f'real sample data not found at {SHARED_DATA} (only present on the '
+                'development machine; see data_pipelines README for the official layouts)')
+  return SHARED_DATA
