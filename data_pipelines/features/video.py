@@ -14,6 +14,14 @@ class VideoFeatureConfig:
   size: int = 224
   face_crop: bool = True  # real datasets: detect and crop the face
   face_margin: float = 0.2  # fraction of the box added on each side
+  # Steadiness of the crop: 'median' (one box per clip) or 'smooth' (running
+  # median of per-frame boxes); see features/face.py.
+  face_mode: str = 'median'
+  face_detect_width: int = 320  # frames are scaled to this width for detection
+  face_min_size_frac: float = 0.1  # ignore faces smaller than this of the short side
+  # Clips with faces in fewer than this fraction of sampled frames are rejected
+  # (at least one frame must always show a face).
+  face_min_detected_frac: float = 0.0
 
 
 def sample_frame_indices(num_available: int, num_frames: int) -> np.ndarray:
