@@ -30,3 +30,37 @@ def classification_loss(outputs, batch, loss_config):
   weights = batch.get('valid', jnp.ones_like(batch['label'], jnp.float32))
   ce = weighted_mean(cross_entropy(outputs['logits'], batch, smoothing), weights)
   return ce, {'ce': ce}
+
+
+def _valid(batch):
+  return batch.get('valid', jnp.ones_like(batch['label'], jnp.float32))
+
+
+def _cfg(loss_config, name, default):
+  return loss_config.get(name, default) if loss_config else default
+
+
+def auxiliary_ce(outputs, batch, key: str, modality: str, smoothing: float = 0.0):
+  """Mean CE of `outputs[key]` over valid examples where `modality` is present."""
+  from mer_jax import batch_contract as bc
+  weights = _valid(batch) * bc.modality_mask(batch, modality)
+  return weighted_mean(cross_entropy(outputs[key], batch, smoothing), weights)
+
+
+def mmt_ca_loss(outputs, batch, loss_config):
+  """CE on the decision plus `unimodal_weight` x CE of each unimodal head present.
+
+  The unimodal terms keep each branch a classifier of its own, which late and
+  hybrid fusion combine; a modality missing from an example adds nothing.
+  """
+  smoothing = _cfg(loss_config, 'label_smoothing', 0.0)
+  ce, aux = classification_loss(outputs, batch, loss_config)
+  total = ce
+  w = _cfg(loss_config, 'unimodal_weight', 0.0)
+  for key, modality in (('audio_logits', 'audio'), ('face_logits', 'video')):
+    if w and key in outputs:
+      term = auxiliary_ce(outputs, batch, key, modality, smoothing)
+      aux[f'ce_{modality}'] = term
+      total = total + w * term
+  aux['total'] = total
+  return total, aux

@@ -54,3 +54,5 @@ def _ensure_registered():
     return
   from mer_jax.models import avt_ca
   register('avt_ca', avt_ca.AVTCA)
+  from mer_jax.models import mmt_ca
+  register('mmt_ca', mmt_ca.MMTCA, losses.mmt_ca_loss)

@@ -94,7 +94,7 @@ class EfficientFrameEncoder(nn.Module):
   def __call__(self, frames: Array, train: bool) -> Array:
     x = layers.normalize_frames(frames) if frames.dtype == jnp.uint8 else frames
     x = layers.ConvBNAct(self.stem_features, (3, 3), strides=2)(x, train)
-    x = nn.max_pool(x, (3, 3), (2, 2), padding='SAME')
+    x = layers.max_pool_2d(x, 3, 2, impl=self.impl)
     att = ChannelSpatialAttention(impl=self.impl)(x)
     x = att + LocalFeatureExtractor(self.stem_features, self.local_grid, impl=self.impl)(x, train)
     for c in self.stage_features:
@@ -108,3 +108,55 @@ def encode_frames(encoder: nn.Module, video: Array, train: bool) -> Array:
   b, t = video.shape[:2]
   feats = encoder(video.reshape((b * t,) + video.shape[2:]), train)
   return feats.reshape(b, t, -1)
+
+
+class SequenceTransformerEncoder(nn.Module):
+  """Dense projection -> fixed sinusoidal positions -> `num_layers` transformer layers.
+
+  [B, T, F] -> [B, T, d_model]. `mask` ([B, T], 1 = real step) hides padding.
+  """
+  d_model: int = 128
+  num_layers: int = 2
+  num_heads: int = 4
+  d_ff: int = 256
+  dropout_rate: float = 0.1
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool, mask=None) -> Array:
+    x = nn.Dense(self.d_model, name='input_proj')(x)
+    x = x + layers.sinusoidal_positions(x.shape[1], self.d_model)[None].astype(x.dtype)
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    for i in range(self.num_layers):
+      x = layers.TransformerLayer(self.num_heads, self.d_ff, self.dropout_rate,
+                                  name=f'layer_{i}')(x, train, context_mask=mask)
+    return x
+
+
+class ConvFrameEncoder(nn.Module):
+  """Plain per-frame CNN: blocks of (3x3 ConvBNAct -> 2x2 max-pool), global pool, Dense.
+
+  Input u8 or f32 [N, H, W, C] (C = 1 grey faces are tiled to 3 channels so
+  ImageNet statistics apply); output [N, out_dim].
+  """
+  channels: Sequence[int] = (32, 64, 128)
+  convs_per_block: int = 1
+  out_dim: int = 128
+  dropout_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, frames: Array, train: bool) -> Array:
+    if frames.shape[-1] == 1:
+      frames = jnp.repeat(frames, 3, axis=-1)
+    x = layers.normalize_frames(frames) if frames.dtype == jnp.uint8 else frames
+    for c in self.channels:
+      for _ in range(self.convs_per_block):
+        x = layers.ConvBNAct(c, (3, 3))(x, train)
+      x = nn.max_pool(x, (2, 2), (2, 2), padding='SAME')
+    x = x.mean(axis=(1, 2))
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    return nn.Dense(self.out_dim)(x)
+
+
+def as_frame_sequence(video: Array) -> Array:
+  """[B, H, W, C] single images become [B, 1, H, W, C]; clips pass unchanged."""
+  return video[:, None] if video.ndim == 4 else video

@@ -1,0 +1,144 @@
+"""Transformer + cross-modal attention for real-time emotion recognition (paper 004).
+
+Audio: MFCC/spectrogram frames -> Dense -> sinusoidal positional encoding ->
+transformer encoder. Face: a CNN per frame -> Dense -> positional encoding ->
+transformer encoder over frames; a single image is a sequence of one, so the
+face branch trains on FER+ images alone. Cross-modal attention: audio queries
+the face sequence and the face sequence queries audio (one transformer layer
+each, `cross_layers` deep).
+
+`head` picks what the module decides from:
+  'audio'  the audio branch and its classifier only (the paper's RAVDESS model)
+  'face'   the face branch and its classifier only (the paper's FER+ model)
+  'fused'  both branches and `fusion`:
+     'early'   feature level: cross-attended sequences, mean-pooled, concatenated,
+               one classifier;
+     'late'    decision level: the unimodal heads' log-probabilities combined
+               with learned softmax weights over the modalities present;
+     'hybrid'  both, the early and late decisions combined by learned softmax
+               weights ("logistic regression and softmax-based decision layers
+               integrate multiple fusion output predictions").
+
+Choices where the paper is silent: d_model 128, 2 layers per encoder, 4 heads,
+d_ff 4d, dropout 0.1, mean pooling over time, and the face CNN (3x3 conv blocks
+with BN, ReLU and 2x2 max-pool; the paper names only "a CNN" over OpenCV face
+crops; landmarks are a preprocessing step and not part of this module).
+Parameter names of the two branches do not depend on `head`, so a face model
+trained with head='face' and an audio model trained with head='audio' restore
+into the fused model.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mer_jax import batch_contract as bc
+from mer_jax.models import encoders, layers
+
+Array = jax.Array
+
+
+def _masked_mean(x: Array, present: Array) -> Array:
+  return x.mean(axis=1) * present[:, None]
+
+
+class MMTCA(nn.Module):
+  num_classes: int
+  head: str = 'fused'  # 'audio' | 'face' | 'fused'
+  fusion: str = 'hybrid'  # 'early' | 'late' | 'hybrid' (head='fused')
+  d_model: int = 128
+  audio_layers: int = 2
+  face_layers: int = 2
+  cross_layers: int = 1
+  num_heads: int = 4
+  d_ff_ratio: int = 4
+  dropout_rate: float = 0.1
+  face_channels: Sequence[int] = (32, 64, 128)
+  face_convs_per_block: int = 1
+  head_dropout: float = 0.1
+
+  def _audio(self, batch, train):
+    enc = encoders.SequenceTransformerEncoder(
+        self.d_model, self.audio_layers, self.num_heads, self.d_ff_ratio * self.d_model,
+        self.dropout_rate, name='audio_encoder')
+    return enc(batch['audio'], train)
+
+  def _face(self, batch, train):
+    video = batch['video']
+    if video.ndim == 3:  # pre-extracted f32 frame features [B, T, F]
+      feats = video.astype(jnp.float32)
+    else:
+      video = encoders.as_frame_sequence(video)
+      cnn = encoders.ConvFrameEncoder(self.face_channels, self.face_convs_per_block,
+                                      self.d_model, name='face_cnn')
+      feats = encoders.encode_frames(cnn, video, train)
+    enc = encoders.SequenceTransformerEncoder(
+        self.d_model, self.face_layers, self.num_heads, self.d_ff_ratio * self.d_model,
+        self.dropout_rate, name='face_encoder')
+    return enc(feats, train)
+
+  def _classify(self, x, train, name):
+    x = nn.Dropout(self.head_dropout)(x, deterministic=not train)
+    return nn.Dense(self.num_classes, name=name)(x)
+
+  @nn.compact
+  def __call__(self, batch, train: bool = False):
+    if self.head not in ('audio', 'face', 'fused'):
+      raise ValueError(f"head must be 'audio', 'face' or 'fused', got {self.head!r}")
+    if self.fusion not in ('early', 'late', 'hybrid'):
+      raise ValueError(f"fusion must be 'early', 'late' or 'hybrid', got {self.fusion!r}")
+    out = {}
+    if self.head in ('audio', 'fused'):
+      m_a = bc.modality_mask(batch, 'audio')
+      a = self._audio(batch, train) * m_a[:, None, None]
+      out['audio_logits'] = self._classify(a.mean(axis=1), train, 'audio_classifier')
+    if self.head in ('face', 'fused'):
+      m_v = bc.modality_mask(batch, 'video')
+      v = self._face(batch, train) * m_v[:, None, None]
+      out['face_logits'] = self._classify(v.mean(axis=1), train, 'face_classifier')
+    if self.head == 'audio':
+      out['logits'] = out['audio_logits']
+      return out
+    if self.head == 'face':
+      out['logits'] = out['face_logits']
+      return out
+
+    decisions = []
+    if self.fusion in ('early', 'hybrid'):
+      d_ff = self.d_ff_ratio * self.d_model
+      a_x, v_x = a, v
+      for i in range(self.cross_layers):
+        la = layers.TransformerLayer(self.num_heads, d_ff, self.dropout_rate,
+                                     name=f'cross_audio_to_face_{i}')
+        lv = layers.TransformerLayer(self.num_heads, d_ff, self.dropout_rate,
+                                     name=f'cross_face_to_audio_{i}')
+        a_new, v_new = la(a_x, train, context=v_x), lv(v_x, train, context=a_x)
+        # A missing partner contributes nothing: keep the unimodal sequence.
+        a_x = jnp.where(m_v[:, None, None] > 0, a_new, a_x) * m_a[:, None, None]
+        v_x = jnp.where(m_a[:, None, None] > 0, v_new, v_x) * m_v[:, None, None]
+      fused = jnp.concatenate([_masked_mean(a_x, m_a), _masked_mean(v_x, m_v)], axis=-1)
+      fused = nn.relu(nn.Dense(self.d_model, name='early_fusion')(fused))
+      out['early_logits'] = self._classify(fused, train, 'early_classifier')
+      decisions.append(jax.nn.log_softmax(out['early_logits']))
+    if self.fusion in ('late', 'hybrid'):
+      # Learned modality weights, renormalised over the modalities present.
+      s = self.param('late_weights', nn.initializers.zeros, (2,))
+      present = jnp.stack([m_a, m_v], axis=-1)  # [B, 2]
+      w = jax.nn.softmax(s)[None] * present
+      w = w / jnp.maximum(w.sum(-1, keepdims=True), 1e-6)
+      late = (w[:, :1] * jax.nn.log_softmax(out['audio_logits'])
+              + w[:, 1:] * jax.nn.log_softmax(out['face_logits']))
+      self.sow('intermediates', 'late_fusion_weights', w)
+      out['late_logits'] = late
+      decisions.append(late)
+    if len(decisions) == 1:
+      out['logits'] = decisions[0]
+    else:
+      s = self.param('decision_weights', nn.initializers.zeros, (len(decisions),))
+      w = jax.nn.softmax(s)
+      out['logits'] = sum(w[i] * d for i, d in enumerate(decisions))
+    return out
