@@ -22,6 +22,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.val_split = 'validation'
   c.dataset.test_split = 'test'
   c.dataset.num_classes = 6
+  # k-fold cross-validation over speaker/actor/session groups; num_folds=0 keeps
+  # the builder's splits. See data_pipelines/folds.py.
+  c.dataset.fold = ml_collections.ConfigDict({
+      'num_folds': 0, 'index': 0, 'group_key': '', 'source_splits': 'train+validation+test',
+      'val_groups': -1})
 
   c.input = ml_collections.ConfigDict()
   c.input.batch_size = 32  # global, across all devices and processes
@@ -36,6 +41,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Modalities hidden at train and test time: '' (fused), 'audio' or 'video'
   # (unimodal baselines), comma-separated for several.
   c.mask_modalities = ''
+  # Evaluation-time corruption (robustness, paper 003 Table V), never applied in
+  # training: kind 'random' replaces a `rate` fraction of `modality`'s values by
+  # random values, 'missing' hides the modality. See mer_jax/corruption.py.
+  c.corrupt = ml_collections.ConfigDict({'modality': '', 'rate': 0.0, 'kind': 'random',
+                                         'seed': 0})
 
   c.model = ml_collections.ConfigDict()
   c.model.name = ''

@@ -25,9 +25,9 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from data_pipelines import input_pipeline
+from data_pipelines import folds, input_pipeline
 from mer_jax import batch_contract as bc
-from mer_jax import checkpointing, config_lib, metrics as metrics_lib, models, optim, sharding, writers
+from mer_jax import checkpointing, config_lib, corruption, metrics as metrics_lib, models, optim, sharding, writers
 
 
 class TrainState(train_state.TrainState):
@@ -102,9 +102,11 @@ def make_train_step(loss_fn: Callable, loss_config, masked: tuple[str, ...], sch
   return train_step
 
 
-def make_eval_step(loss_fn: Callable, loss_config, masked: tuple[str, ...], num_classes: int):
+def make_eval_step(loss_fn: Callable, loss_config, masked: tuple[str, ...], num_classes: int,
+                   corrupt=None):
   def eval_step(state: TrainState, batch: dict):
     batch = bc.mask_modalities(batch, masked)
+    batch = corruption.apply(batch, corrupt)  # robustness sweeps only; off by default
     outputs = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
                              batch, train=False)
     logits = outputs['logits']
@@ -125,7 +127,8 @@ class Trainer:
     self.workdir = workdir
     self.mesh = sharding.make_mesh()
     self.masked = config_lib.parse_modalities(config.get('mask_modalities', ''))
-    self.builder = input_pipeline.get_builder(config.dataset, build_if_missing)
+    self.builder = folds.wrap(input_pipeline.get_builder(config.dataset, build_if_missing),
+                              config.dataset)
     self.num_classes = config.dataset.num_classes
     label_names = self.builder.info.features['label'].names if 'label' in self.builder.info.features else None
     self.label_names = list(label_names) if label_names else [str(i) for i in range(self.num_classes)]
@@ -150,7 +153,8 @@ class Trainer:
         make_train_step(entry.loss_fn, config.loss, self.masked, self.schedule),
         in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=(0,))
     self.eval_step = jax.jit(
-        make_eval_step(entry.loss_fn, config.loss, self.masked, self.num_classes),
+        make_eval_step(entry.loss_fn, config.loss, self.masked, self.num_classes,
+                       corruption.settings(config.get('corrupt'))),
         in_shardings=(repl, data), out_shardings=repl)
     self.is_main = jax.process_index() == 0
 
@@ -229,6 +233,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       host = jax.device_get(pending)
       mean = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
       mean['steps_per_s'] = progress.rate()
+      mean['step_time_ms'] = 1000.0 / mean['steps_per_s'] if mean['steps_per_s'] > 0 else 0.0
       mean['epoch'] = step / spe
       writer.write(step, mean, 'train')
       progress.update(step, {'loss': mean['loss'], 'acc': mean['accuracy']}, log=True)

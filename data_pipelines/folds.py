@@ -1,0 +1,195 @@
+"""Cross-validation folds over speakers, actors or sessions.
+
+The papers report means over k speaker-independent folds (ATTSF-Net: 5 folds
+on RAVDESS; the IEMOCAP literature: leave-one-session-out). A fold is chosen
+in the config, not in the builder:
+
+  config.dataset.fold.num_folds   k; 0 keeps the builder's own splits
+  config.dataset.fold.index       which fold is the test set (0..k-1)
+  config.dataset.fold.group_key   the feature that names the group ('speaker',
+                                  'actor', 'session'); '' asks the builder
+                                  (its FOLD_GROUP_KEY) and falls back to 'speaker'
+  config.dataset.fold.source_splits  TFDS split string pooled before folding
+  config.dataset.fold.val_groups  validation groups: -1 the next fold
+                                  (needs k >= 3), n > 0 the n groups that
+                                  follow the test fold, 0 the test fold itself
+                                  (protocols without a validation set; the
+                                  reported numbers are then optimistic)
+
+`wrap(builder, dataset_cfg)` returns a stand-in for the TFDS builder whose
+splits named by `train_split`, `val_split` and `test_split` are the fold's
+subsets of the pooled examples; everything else passes through, so the input
+pipeline and the training loop do not know folds exist.
+
+Builders plug in by storing the group id as a feature (an integer or a
+string) and optionally by defining
+  FOLD_GROUP_KEY = 'actor'
+  def fold_groups(self, groups: list, num_folds: int) -> list[list]
+to fix the assignment (e.g. IEMOCAP's five sessions as five folds). By
+default the sorted group ids are cut into k contiguous, near-equal chunks.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+
+def fold_config(dataset_cfg) -> dict:
+  fold = dataset_cfg.get('fold', None)
+  if fold is None:
+    return {}
+  return fold.to_dict() if hasattr(fold, 'to_dict') else dict(fold)
+
+
+def enabled(dataset_cfg) -> bool:
+  return int(fold_config(dataset_cfg).get('num_folds', 0) or 0) > 0
+
+
+def _as_python(x):
+  x = x.item() if hasattr(x, 'item') else x
+  return x.decode() if isinstance(x, bytes) else x
+
+
+def group_counts(builder, source_splits: str, group_key: str) -> dict:
+  """{group id: number of examples} over `source_splits`, decoding only the group feature."""
+  import tensorflow_datasets as tfds
+  if group_key not in builder.info.features:
+    raise KeyError(f'{builder.name} has no feature {group_key!r} to fold on; features: '
+                   f'{sorted(builder.info.features.keys())}')
+  ds = builder.as_dataset(split=source_splits, shuffle_files=False,
+                          decoders=tfds.decode.PartialDecoding({group_key: True}))
+  counts = collections.Counter(_as_python(ex[group_key]) for ex in tfds.as_numpy(ds))
+  return dict(sorted(counts.items()))
+
+
+def assign_groups(groups: list, num_folds: int) -> list[list]:
+  """Sorted groups cut into `num_folds` contiguous chunks of near-equal size."""
+  if num_folds > len(groups):
+    raise ValueError(f'{num_folds} folds but only {len(groups)} groups')
+  return [list(chunk) for chunk in np.array_split(np.asarray(sorted(groups), dtype=object),
+                                                   num_folds)]
+
+
+@dataclasses.dataclass
+class FoldPlan:
+  """Which groups form the train, validation and test subsets of one fold."""
+  group_key: str
+  source_splits: str
+  index: int
+  num_folds: int
+  train: list
+  validation: list
+  test: list
+  counts: dict  # subset name -> number of examples
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def make_plan(builder, fold: dict) -> FoldPlan:
+  k = int(fold['num_folds'])
+  index = int(fold.get('index', 0))
+  if not 0 <= index < k:
+    raise ValueError(f'fold index {index} outside 0..{k - 1}')
+  key = fold.get('group_key') or getattr(builder, 'FOLD_GROUP_KEY', '') or 'speaker'
+  source = fold.get('source_splits') or 'train+validation+test'
+  counts = group_counts(builder, source, key)
+  groups = list(counts)
+  custom = getattr(builder, 'fold_groups', None)
+  chunks = custom(groups, k) if callable(custom) else assign_groups(groups, k)
+  if len(chunks) != k:
+    raise ValueError(f'{builder.name}.fold_groups returned {len(chunks)} folds, wanted {k}')
+  test = list(chunks[index])
+  rest = [g for j in range(1, k) for g in chunks[(index + j) % k]]  # in order after the test fold
+  val_groups = int(fold.get('val_groups', -1))
+  if val_groups < 0:
+    if k < 3:
+      raise ValueError('val_groups=-1 (the next fold) needs num_folds >= 3; set '
+                       'dataset.fold.val_groups to a group count')
+    validation = list(chunks[(index + 1) % k])
+  elif val_groups == 0:
+    validation = list(test)
+  else:
+    if val_groups >= len(rest):
+      raise ValueError(f'val_groups={val_groups} leaves no training groups')
+    validation = rest[:val_groups]
+  train = [g for g in rest if g not in validation]
+  n = lambda gs: int(sum(counts[g] for g in gs))
+  return FoldPlan(key, source, index, k, train, validation, test,
+                  {'train': n(train), 'validation': n(validation), 'test': n(test)})
+
+
+class _SplitInfo:
+  def __init__(self, num_examples: int):
+    self.num_examples = num_examples
+
+
+class _FoldedSplits(collections.abc.Mapping):
+  def __init__(self, base, subsets: dict):
+    self._base, self._subsets = base, subsets
+
+  def __getitem__(self, name):
+    if name in self._subsets:
+      return _SplitInfo(self._subsets[name])
+    return self._base[name]
+
+  def __iter__(self):
+    return iter(self._subsets)
+
+  def __len__(self):
+    return len(self._subsets)
+
+
+class _FoldedInfo:
+  def __init__(self, info, subsets: dict):
+    self._info = info
+    self.splits = _FoldedSplits(info.splits, subsets)
+
+  def __getattr__(self, name):
+    return getattr(self._info, name)
+
+
+class FoldedBuilder:
+  """A TFDS builder whose configured split names select one fold's groups."""
+
+  def __init__(self, builder, plan: FoldPlan, split_names: dict):
+    self._builder = builder
+    self.fold_plan = plan
+    # config split name ('train', 'validation', ...) -> list of groups
+    self._groups = {name: getattr(plan, subset) for name, subset in split_names.items()}
+    self.info = _FoldedInfo(builder.info, {name: plan.counts[subset]
+                                           for name, subset in split_names.items()})
+
+  def __getattr__(self, name):
+    return getattr(self._builder, name)
+
+  def as_dataset(self, split=None, **kwargs):
+    if not isinstance(split, str) or split not in self._groups:
+      return self._builder.as_dataset(split=split, **kwargs)
+    import tensorflow as tf
+    key = self.fold_plan.group_key
+    ds = self._builder.as_dataset(split=self.fold_plan.source_splits, **kwargs)
+    groups = self._groups[split]
+    spec = ds.element_spec[key]
+    wanted = tf.constant(groups, dtype=tf.string if spec.dtype == tf.string else tf.int64)
+
+    def keep(ex):
+      value = ex[key] if spec.dtype == tf.string else tf.cast(ex[key], tf.int64)
+      return tf.reduce_any(tf.equal(value, wanted))
+    return ds.filter(keep)
+
+
+def wrap(builder, dataset_cfg) -> Any:
+  """The fold's view of `builder` when `dataset_cfg.fold.num_folds > 0`, else `builder`."""
+  if not enabled(dataset_cfg):
+    return builder
+  plan = make_plan(builder, fold_config(dataset_cfg))
+  names = {dataset_cfg.train_split: 'train', dataset_cfg.val_split: 'validation',
+           dataset_cfg.test_split: 'test'}
+  if len(names) != 3:
+    raise ValueError('train_split, val_split and test_split must differ when folding')
+  return FoldedBuilder(builder, plan, names)
