@@ -1,0 +1,127 @@
+"""Experiment runner: folds x seeds in subprocesses, tables, resuming after a kill."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests import workflow_helpers as wh
+
+
+def test_fold_plan_partitions_speakers(tiny_data_dir):
+  from configs import avt_ca
+  from data_pipelines import folds, input_pipeline
+  cfg = avt_ca.get_config('tiny')
+  cfg.dataset.data_dir = tiny_data_dir
+  cfg.dataset.fold.num_folds = 2
+  cfg.dataset.fold.val_groups = 2
+  base = input_pipeline.get_builder(cfg.dataset)
+  plans = []
+  for index in (0, 1):
+    cfg.dataset.fold.index = index
+    b = folds.wrap(base, cfg.dataset)
+    p = b.fold_plan
+    assert p.group_key == 'speaker'
+    assert not set(p.train) & set(p.validation) and not set(p.train) & set(p.test)
+    assert not set(p.validation) & set(p.test)
+    assert len(p.train) + len(p.validation) + len(p.test) == 12 and len(p.validation) == 2
+    assert b.info.splits['test'].num_examples == p.counts['test'] == 6 * 6 * 2
+    # the filtered split yields exactly the counted examples, all from test speakers
+    speakers = [int(ex['speaker']) for ex in
+                input_pipeline.as_numpy(b.as_dataset(split='test', shuffle_files=False))]
+    assert len(speakers) == p.counts['test'] and set(speakers) == set(p.test)
+    plans.append(p)
+  assert set(plans[0].test) | set(plans[1].test) == set(range(12))  # each speaker tested once
+  assert folds.wrap(base, avt_ca.get_config('tiny').dataset) is base  # off by default
+
+
+def _results(exp_dir):
+  out = {}
+  for path in sorted(glob.glob(os.path.join(exp_dir, '*', '*', 'results.json'))):
+    out[os.path.basename(os.path.dirname(path))] = wh.load_json(path)
+  return out
+
+
+def test_runner_two_folds_two_seeds_resumes_after_kill(tiny_data_dir, tmp_path):
+  root = str(tmp_path / 'runs')
+  args = [f'--config={wh.TINY}', '--name=cv', f'--root={root}', '--folds=2', '--val_groups=2',
+          '--seeds=0,1', '--set=train.max_steps=8', '--set=train.checkpoint_every_steps=2',
+          f'--data_dir={tiny_data_dir}']
+  exp_dir = os.path.join(root, 'cv')
+  variant_dir = os.path.join(exp_dir, 'avt_ca.py_tiny')
+  first = os.path.join(variant_dir, 'fold0_seed0')
+  second = os.path.join(variant_dir, 'fold0_seed1')
+
+  # Start, and kill the runner once the first run is done and the second has a checkpoint.
+  env = dict(os.environ, PYTHONPATH=wh.ROOT)
+  proc = subprocess.Popen([sys.executable, '-m', 'experiments.run', *args], cwd=wh.ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 400
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.exists(os.path.join(first, 'results.json')) and glob.glob(
+        os.path.join(second, 'checkpoints', 'latest', '[0-9]*')):
+      break
+    time.sleep(0.2)
+  assert proc.poll() is None, 'runner ended before it could be killed'
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  time.sleep(1.0)  # the training child dies with its parent
+  first_mtime = os.path.getmtime(os.path.join(first, 'results.json'))
+  second_was_unfinished = not os.path.exists(os.path.join(second, 'results.json'))
+
+  out = wh.run_module('experiments.run', *args).stdout
+  assert 'already finished' in out
+  assert os.path.getmtime(os.path.join(first, 'results.json')) == first_mtime  # not retrained
+  if second_was_unfinished:
+    assert 'Resumed from step' in open(os.path.join(second, 'log.txt')).read()
+
+  results = _results(exp_dir)
+  assert sorted(results) == ['fold0_seed0', 'fold0_seed1', 'fold1_seed0', 'fold1_seed1']
+  with open(os.path.join(exp_dir, 'table.csv')) as f:
+    table = list(csv.DictReader(f))
+  assert len(table) == 1 and table[0]['variant'] == 'avt_ca.py:tiny' and table[0]['n'] == '4'
+  for metric in ('accuracy', 'macro_precision', 'macro_recall', 'macro_f1', 'uar'):
+    values = np.array([r['test'][metric] for r in results.values()])
+    assert float(table[0][metric + '_mean']) == pytest.approx(values.mean(), abs=1e-12)
+    assert float(table[0][metric + '_std']) == pytest.approx(values.std(ddof=1), abs=1e-12)
+  with open(os.path.join(exp_dir, 'runs.csv')) as f:
+    assert len(list(csv.DictReader(f))) == 4
+  md = open(os.path.join(exp_dir, 'table.md')).read()
+  mean, std = 100 * values.mean(), 100 * values.std(ddof=1)
+  assert f'| avt_ca.py:tiny | 4 | ' in md and f'{mean:.2f} ± {std:.2f}' in md
+  # the two folds test disjoint speakers: the fold plan reached the runs
+  cfg = json.load(open(os.path.join(first, 'config.json')))
+  assert cfg['dataset']['fold']['num_folds'] == 2 and cfg['seed'] == 0
+
+
+def test_definitions_and_tables(tmp_path):
+  from experiments import definitions as defs, tables
+  assert defs.swap_preset('configs/avt_ca.py:ravdess+it1', 'tiny') == 'configs/avt_ca.py:tiny+it1'
+  # every definition names a protocol with runs, and the AVT-CA ablation resolves in 'tiny'
+  for e in defs.EXPERIMENTS.values():
+    assert e.variants and e.protocol.runs()
+  assert defs.check(defs.EXPERIMENTS['avt_ca_ablation'], 'tiny') == []
+  # robustness table and plot from per-run sweeps
+  for variant in ('A', 'B'):
+    for seed in (0, 1):
+      d = tmp_path / tables.slug(variant) / f'seed{seed}'
+      d.mkdir(parents=True)
+      rows = [{'modality': '', 'rate': 0.0, 'kind': 'random', 'accuracy': 0.9}]
+      rows += [{'modality': m, 'rate': r, 'kind': 'random', 'accuracy': 0.9 - r / 2 - seed / 100}
+               for m in ('audio', 'video') for r in (0.1, 0.5, 0.9)]
+      rows += [{'modality': 'audio', 'rate': 1.0, 'kind': 'missing', 'accuracy': 0.3}]
+      (d / 'robustness.json').write_text(json.dumps(rows))
+  info = tables.write_robustness(str(tmp_path), ['A', 'B'], 'test')
+  assert 'audio 50%' in info['conditions'] and 'audio missing' in info['conditions']
+  md = (tmp_path / 'robustness.md').read_text()
+  assert '| audio 50% | 64.50 ± 0.71 | 64.50 ± 0.71 |' in md
+  assert (tmp_path / 'robustness.png').stat().st_size > 1000
