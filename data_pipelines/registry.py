@@ -1,3 +1,6 @@
 """Imports every dataset builder so that `tfds.builder(name)` finds it."""
 
 from data_pipelines.builders import synthetic_av  # noqa: F401
+from data_pipelines.builders import ravdess  # noqa: F401
+from data_pipelines.builders import crema_d  # noqa: F401
+from data_pipelines.builders import ferplus  # noqa: F401

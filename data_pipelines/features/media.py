@@ -105,6 +105,7 @@ def _decode_audio_av(path, start_s, end_s):
       raise MissingStreamError(path, 'no audio stream')
     stream = container.streams.audio[0]
     sr = stream.codec_context.sample_rate or stream.rate
+    declared_s = float(stream.duration * stream.time_base) if stream.duration else None
     chunks = []
     try:
       if start_s:
@@ -124,6 +125,11 @@ def _decode_audio_av(path, start_s, end_s):
         raise CorruptMediaError(path, f'audio decoding failed ({e})') from None
   if not chunks:
     raise CorruptMediaError(path, 'no audio samples decoded')
+  if not start_s and end_s is None and declared_s:
+    got = sum(len(c) for _, c in chunks) / float(sr)
+    if got < _MIN_DECODED_FRACTION * declared_s:
+      raise CorruptMediaError(
+          path, f'audio truncated: {got:.2f} s of {declared_s:.2f} s declared decoded')
   if start_s or end_s is not None:
     # Place chunks on the timeline by their timestamps, then cut the span.
     t_first = chunks[0][0] if chunks[0][0] is not None else 0.0

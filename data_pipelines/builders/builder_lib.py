@@ -1,0 +1,237 @@
+"""Pieces every real-dataset builder shares.
+
+- `require_manual_dir`: stop before any work when the raw files are missing,
+  with instructions for obtaining them.
+- `process_files`: run a per-file function over many files on all cores
+  (spawned workers: TensorFlow and JAX do not survive fork) with a progress
+  bar; each file either yields an example or a skip record with the reason.
+- `SkipReport`: every skipped file with its reason, logged and written as
+  `skipped.json` next to the TFRecords.
+- Fold helpers: datasets are stored as one TFDS split per fold unit (actor,
+  session, subject), and a protocol's train/validation/test sets are TFDS
+  split expressions over them ('actor_01+actor_02+...'), so every fold of
+  every protocol reads the same TFRecords without a rebuild.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import multiprocessing as mp
+import os
+import threading
+from typing import Callable, Iterable, Iterator, Optional, Sequence
+
+from absl import logging
+
+# Worker count for builds; 1 runs in-process (tests, debugging).
+WORKERS_ENV = 'MER_JAX_BUILD_WORKERS'
+
+
+class ManualDirError(FileNotFoundError):
+  """The raw dataset files are not where the builder expects them."""
+
+
+def manual_dir_of(dl_manager):
+  """The download manager's manual folder, or None when it is missing.
+
+  (TFDS raises its own terse AssertionError for a missing folder; builders
+  replace it by their instructions.)
+  """
+  try:
+    return dl_manager.manual_dir
+  except AssertionError:
+    return None
+
+
+def require_manual_dir(name: str, manual_dir, must_contain: Sequence[str],
+                       instructions: str, any_of: bool = True) -> str:
+  """Checks the manual folder before any work starts; returns it as a string.
+
+  must_contain: relative paths (glob patterns) of which at least one
+  (`any_of`) or all must exist.
+  """
+  import glob
+  if manual_dir is None or not os.path.isdir(os.fspath(manual_dir)):
+    raise ManualDirError(
+        f'{name}: manual folder {manual_dir!s} does not exist. Pass '
+        f'--manual_dir=DIR (tfds build) or config.dataset.manual_dir.\n{instructions}')
+  manual_dir = os.fspath(manual_dir)
+  found = [p for p in must_contain
+           if glob.glob(os.path.join(manual_dir, p), recursive=True)]
+  ok = bool(found) if any_of else len(found) == len(must_contain)
+  if not ok:
+    raise ManualDirError(
+        f'{name}: {manual_dir} does not contain {"any of" if any_of else "all of"} '
+        f'{list(must_contain)}.\n{instructions}')
+  return manual_dir
+
+
+def _num_workers() -> int:
+  env = os.environ.get(WORKERS_ENV)
+  if env:
+    return max(int(env), 1)
+  return max(os.cpu_count() or 1, 1)
+
+
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(n: int):
+  """One spawned pool per process, reused by every split of every builder."""
+  global _POOL
+  with _POOL_LOCK:
+    if _POOL is None:
+      _POOL = mp.get_context('spawn').Pool(n)
+      import atexit
+      atexit.register(_POOL.terminate)
+  return _POOL
+
+
+def _call(task):
+  """Runs `module.func(item, cfg)`; any failure becomes a skip record."""
+  module, func, item, cfg = task
+  try:
+    fn = getattr(importlib.import_module(module), func)
+    return fn(item, cfg)
+  except Exception as e:  # one bad file must not stop a 7000-file build
+    return Skip(describe(item), f'{type(e).__name__}: {e}')
+
+
+def describe(item) -> str:
+  """A short name (the file path) for a work item."""
+  if isinstance(item, dict):
+    for k in ('path', 'video_path', 'audio_path', 'id'):
+      if item.get(k):
+        return str(item[k])
+  return str(item)
+
+
+def plain_config(cfg):
+  """A builder config as a SimpleNamespace of its fields.
+
+  Workers unpickle it without importing the builder's own module, which
+  `tfds build path/to/x.py` loads under a name workers cannot import.
+  """
+  import dataclasses
+  import types
+  if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+    return types.SimpleNamespace(**{f.name: getattr(cfg, f.name)
+                                    for f in dataclasses.fields(cfg)})
+  return cfg
+
+
+class Skip:
+  """A file that did not become an example, and why."""
+
+  def __init__(self, path: str, reason: str):
+    self.path, self.reason = str(path), str(reason)
+
+  def as_dict(self):
+    return {'path': self.path, 'reason': self.reason}
+
+
+def process_files(module: str, func: str, items: Sequence, cfg, desc: str,
+                  report: 'SkipReport', split: str) -> Iterator:
+  """Yields `func(item, cfg)` results (tfds (key, example) pairs), skipping failures.
+
+  `module`/`func` name a top-level function by its importable path, so that
+  spawned workers can find it whatever name the builder was loaded under.
+  The function returns (key, example), None (nothing to write) or a Skip.
+  """
+  from tqdm import tqdm
+  items = list(items)
+  n = min(_num_workers(), len(items)) if items else 1
+  cfg = plain_config(cfg)
+  tasks = [(module, func, item, cfg) for item in items]
+  if n <= 1:
+    results = map(_call, tasks)
+  else:
+    results = _pool(_num_workers()).imap_unordered(_call, tasks, chunksize=1)
+  for res in tqdm(results, total=len(tasks), desc=desc, unit='file', mininterval=2.0,
+                  disable=os.environ.get('MER_JAX_NO_PROGRESS') == '1'):
+    if res is None:
+      continue
+    if isinstance(res, Skip):
+      report.add(split, res.path, res.reason)
+      continue
+    yield res
+
+
+class SkipReport:
+  """Collects skipped files per split and writes them to `<dir>/skipped.json`."""
+
+  def __init__(self, name: str):
+    self.name = name
+    self.entries = {}
+
+  def add(self, split: str, path: str, reason: str):
+    logging.warning('%s: skipping %s: %s', self.name, path, reason)
+    self.entries.setdefault(split, []).append({'path': str(path), 'reason': reason})
+
+  def count(self) -> int:
+    return sum(len(v) for v in self.entries.values())
+
+  def write(self, directory) -> Optional[str]:
+    """Writes the report; returns its path (None when the folder is unknown)."""
+    if directory is None:
+      return None
+    import tensorflow as tf
+    path = os.path.join(os.fspath(directory), 'skipped.json')
+    tf.io.gfile.makedirs(os.fspath(directory))
+    with tf.io.gfile.GFile(path, 'w') as f:
+      json.dump({'dataset': self.name, 'num_skipped': self.count(),
+                 'skipped': self.entries}, f, indent=1, sort_keys=True)
+    return path
+
+
+def read_skip_report(data_dir) -> dict:
+  """The `skipped.json` of a built dataset folder (builder.data_dir)."""
+  import tensorflow as tf
+  with tf.io.gfile.GFile(os.path.join(os.fspath(data_dir), 'skipped.json')) as f:
+    return json.load(f)
+
+
+def report_generator(gen: Iterable, report: SkipReport, directory_fn: Callable[[], str]):
+  """Wraps a split generator so the skip report is rewritten when it ends."""
+  yield from gen
+  path = report.write(directory_fn())
+  if report.count():
+    logging.warning('%s: %d files skipped; see %s', report.name, report.count(), path)
+
+
+# ----------------------------------------------------------------------------
+# Folds as split expressions.
+
+
+def split_expr(units: Iterable[str]) -> str:
+  """'a+b+c': a TFDS split expression reading the union of the splits."""
+  units = list(units)
+  if not units:
+    raise ValueError('a split must contain at least one fold unit')
+  return '+'.join(units)
+
+
+def group_folds(units: Sequence[str], num_folds: int, fold: int,
+                val_offset: int = 1) -> dict:
+  """Contiguous groups of `units`: group `fold` tests, the next validates, the rest train."""
+  if not 0 <= fold < num_folds:
+    raise ValueError(f'fold must be in [0, {num_folds}), got {fold}')
+  groups = [list(g) for g in _chunks(list(units), num_folds)]
+  test = groups[fold]
+  val = groups[(fold + val_offset) % num_folds] if val_offset else []
+  train = [u for g in groups for u in g if u not in test and u not in val]
+  out = {'train': split_expr(train), 'test': split_expr(test)}
+  if val:
+    out['validation'] = split_expr(val)
+  return out
+
+
+def _chunks(items, n):
+  k, r = divmod(len(items), n)
+  start = 0
+  for i in range(n):
+    end = start + k + (1 if i < r else 0)
+    yield items[start:end]
+    start = end
