@@ -193,6 +193,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if is_main:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
+    if hasattr(trainer.builder, 'fold_plan'):  # which groups this fold trains and tests on
+      with open(os.path.join(workdir, 'fold_plan.json'), 'w') as f:
+        json.dump(trainer.builder.fold_plan.to_dict(), f, indent=2, default=str)
   ckpts = checkpointing.Checkpoints(workdir, keep=cfg.keep_checkpoints)
   abstract = checkpointing.abstract_of(_state_dict(trainer.state))
   metric_name = cfg.early_stopping_metric
