@@ -189,7 +189,8 @@ def run_timeline(workdir: str, video_path: Optional[str] = None, audio_path: Opt
   probs = np.array([[r[f'p_{n}'] for n in labels] for r in rows])
   plots.timeline([r['center_s'] for r in rows], probs, labels,
                  os.path.join(out_dir, 'timeline.png'),
-                 f'{config.model.name}: {os.path.basename(video_path or audio_path)}')
+                 f'{config.model.name}: {os.path.basename(video_path or audio_path)}',
+                 duration_s=duration)
   result['out_dir'] = out_dir
   return result
 

@@ -100,13 +100,16 @@ def robustness(curves: dict, path: str, title: str = '') -> str:
   return _save(fig, path)
 
 
-def timeline(times_s, probs, label_names: Sequence[str], path: str, title: str = '') -> str:
-  """Class probabilities of each window, plotted at the window centres."""
+def timeline(times_s, probs, label_names: Sequence[str], path: str, title: str = '',
+             duration_s: float = 0.0) -> str:
+  """Class probabilities of each window, plotted at the window centres over [0, duration]."""
   plt = _plt()
   probs = np.asarray(probs)
   fig, ax = plt.subplots(figsize=(8, 3.6))
   for c, name in enumerate(label_names):
     ax.plot(times_s, probs[:, c], marker='.', label=name)
+  if duration_s:
+    ax.set_xlim(0, duration_s)
   ax.set_xlabel('time (s, window centre)')
   ax.set_ylabel('probability')
   ax.set_ylim(0, 1)

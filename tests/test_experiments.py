@@ -55,7 +55,7 @@ def test_runner_two_folds_two_seeds_resumes_after_kill(tiny_data_dir, tmp_path):
   root = str(tmp_path / 'runs')
   args = [f'--config={wh.TINY}', '--name=cv', f'--root={root}', '--folds=2', '--val_groups=2',
           '--seeds=0,1', '--set=train.max_steps=8', '--set=train.checkpoint_every_steps=2',
-          f'--data_dir={tiny_data_dir}']
+          f'--data_dir={tiny_data_dir}', '--parallel=2']
   exp_dir = os.path.join(root, 'cv')
   variant_dir = os.path.join(exp_dir, 'avt_ca.py_tiny')
   first = os.path.join(variant_dir, 'fold0_seed0')
@@ -98,9 +98,12 @@ def test_runner_two_folds_two_seeds_resumes_after_kill(tiny_data_dir, tmp_path):
   md = open(os.path.join(exp_dir, 'table.md')).read()
   mean, std = 100 * values.mean(), 100 * values.std(ddof=1)
   assert f'| avt_ca.py:tiny | 4 | ' in md and f'{mean:.2f} ± {std:.2f}' in md
-  # the two folds test disjoint speakers: the fold plan reached the runs
   cfg = json.load(open(os.path.join(first, 'config.json')))
   assert cfg['dataset']['fold']['num_folds'] == 2 and cfg['seed'] == 0
+  plans = [wh.load_json(os.path.join(variant_dir, f'fold{i}_seed0', 'fold_plan.json'))
+           for i in (0, 1)]
+  assert not set(plans[0]['test']) & set(plans[1]['test'])
+  assert results['fold0_seed0']['test']['num_examples'] == plans[0]['counts']['test']
 
 
 def test_definitions_and_tables(tmp_path):
