@@ -10,6 +10,7 @@ in the config, not in the builder:
                                   'actor', 'session'); '' asks the builder
                                   (its FOLD_GROUP_KEY) and falls back to 'speaker'
   config.dataset.fold.source_splits  TFDS split string pooled before folding
+                                  ('all': every split, e.g. RAVDESS's actor_01..24)
   config.dataset.fold.val_groups  validation groups: -1 the next fold
                                   (needs k >= 3), n > 0 the n groups that
                                   follow the test fold, 0 the test fold itself
@@ -96,7 +97,7 @@ def make_plan(builder, fold: dict) -> FoldPlan:
   if not 0 <= index < k:
     raise ValueError(f'fold index {index} outside 0..{k - 1}')
   key = fold.get('group_key') or getattr(builder, 'FOLD_GROUP_KEY', '') or 'speaker'
-  source = fold.get('source_splits') or 'train+validation+test'
+  source = fold.get('source_splits') or 'all'
   counts = group_counts(builder, source, key)
   groups = list(counts)
   custom = getattr(builder, 'fold_groups', None)

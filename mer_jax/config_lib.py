@@ -25,7 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
   # k-fold cross-validation over speaker/actor/session groups; num_folds=0 keeps
   # the builder's splits. See data_pipelines/folds.py.
   c.dataset.fold = ml_collections.ConfigDict({
-      'num_folds': 0, 'index': 0, 'group_key': '', 'source_splits': 'train+validation+test',
+      'num_folds': 0, 'index': 0, 'group_key': '', 'source_splits': 'all',
       'val_groups': -1})
 
   c.input = ml_collections.ConfigDict()
