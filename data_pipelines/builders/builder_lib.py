@@ -7,10 +7,10 @@
   bar; each file either yields an example or a skip record with the reason.
 - `SkipReport`: every skipped file with its reason, logged and written as
   `skipped.json` next to the TFRecords.
-- Fold helpers: datasets are stored as one TFDS split per fold unit (actor,
-  session, subject), and a protocol's train/validation/test sets are TFDS
-  split expressions over them ('actor_01+actor_02+...'), so every fold of
-  every protocol reads the same TFRecords without a rebuild.
+- `assign_units`: the default speaker-independent train/validation/test
+  splits by fold unit (actor, subject). Cross-validation folds are chosen at
+  training time over the stored group feature (data_pipelines/folds.py), so
+  every fold reads the same TFRecords without a rebuild.
 """
 
 from __future__ import annotations
@@ -202,36 +202,22 @@ def report_generator(gen: Iterable, report: SkipReport, directory_fn: Callable[[
 
 
 # ----------------------------------------------------------------------------
-# Folds as split expressions.
+# Speaker-independent default splits.
 
 
-def split_expr(units: Iterable[str]) -> str:
-  """'a+b+c': a TFDS split expression reading the union of the splits."""
-  units = list(units)
-  if not units:
-    raise ValueError('a split must contain at least one fold unit')
-  return '+'.join(units)
+def assign_units(units, val_frac: float = 0.2, test_frac: float = 0.2) -> dict:
+  """{'train', 'validation', 'test'}: lists of fold units (actors, subjects, ...).
 
-
-def group_folds(units: Sequence[str], num_folds: int, fold: int,
-                val_offset: int = 1) -> dict:
-  """Contiguous groups of `units`: group `fold` tests, the next validates, the rest train."""
-  if not 0 <= fold < num_folds:
-    raise ValueError(f'fold must be in [0, {num_folds}), got {fold}')
-  groups = [list(g) for g in _chunks(list(units), num_folds)]
-  test = groups[fold]
-  val = groups[(fold + val_offset) % num_folds] if val_offset else []
-  train = [u for g in groups for u in g if u not in test and u not in val]
-  out = {'train': split_expr(train), 'test': split_expr(test)}
-  if val:
-    out['validation'] = split_expr(val)
-  return out
-
-
-def _chunks(items, n):
-  k, r = divmod(len(items), n)
-  start = 0
-  for i in range(n):
-    end = start + k + (1 if i < r else 0)
-    yield items[start:end]
-    start = end
+  The sorted units are cut in order: the last `test_frac` (at least one) test,
+  the `val_frac` before them (at least one, when two are left for training)
+  validate, the rest train. Splits without units are left out, so a folder
+  with a single actor still builds (train only).
+  """
+  units = sorted(set(units))
+  n = len(units)
+  n_test = max(1, int(round(test_frac * n))) if n >= 2 and test_frac > 0 else 0
+  n_val = max(1, int(round(val_frac * n))) if n - n_test >= 3 and val_frac > 0 else 0
+  out = {'train': units[:n - n_test - n_val],
+         'validation': units[n - n_test - n_val:n - n_test],
+         'test': units[n - n_test:]}
+  return {k: v for k, v in out.items() if v}

@@ -20,8 +20,10 @@ in the label order below; the hard label stays the acted emotion.
 
 Configs: `av` (audio + 15 face crops 112x112, soft labels from the AV votes),
 `audio` (audio only, voice votes), `av_small`/`audio_small` (tests).
-Splits: one per actor, `actor_1001` ...; `fold_splits(k, fold)` groups the
-actors into k speaker-independent folds.
+Splits are speaker-independent: sorted actors, the last 20% test, the 20%
+before validate, the rest train (all 91: 1001-1055 / 1056-1073 / 1074-1091).
+'speaker' is the actor id for k-fold runs (`config.dataset.fold`, see
+data_pipelines/folds.py).
 """
 
 from __future__ import annotations
@@ -99,15 +101,6 @@ def parse_name(path) -> dict:
           'label': EMOTION_CODES.index(emotion), 'level': level}
 
 
-def actor_split_name(actor: int) -> str:
-  return f'actor_{actor}'
-
-
-def fold_splits(num_folds: int = 5, fold: int = 0, actors=ACTORS) -> dict:
-  """Speaker-independent folds: contiguous actor groups, next group validates."""
-  return builder_lib.group_folds([actor_split_name(a) for a in actors], num_folds, fold)
-
-
 def read_votes(manual_dir: str, source: str) -> dict:
   """{clip id: f32[6] vote distribution} from processedResults/tabulatedVotes.csv."""
   path = os.path.join(manual_dir, 'processedResults', 'tabulatedVotes.csv')
@@ -144,6 +137,8 @@ class CremaDConfig(tfds.core.BuilderConfig):
   audio: audio_features.AudioFeatureConfig = dataclasses.field(default_factory=_default_audio)
   video: Optional[video_features.VideoFeatureConfig] = dataclasses.field(
       default_factory=lambda: video_features.VideoFeatureConfig(num_frames=15, size=112))
+  val_frac: float = 0.2  # fractions of the sorted actors in validation / test
+  test_frac: float = 0.2
 
 
 _SMALL_AUDIO = audio_features.AudioFeatureConfig(
@@ -152,7 +147,9 @@ _SMALL_AUDIO = audio_features.AudioFeatureConfig(
 
 
 class CremaD(tfds.core.GeneratorBasedBuilder):
-  """CREMA-D clips, audio-visual or audio-only, one split per actor."""
+  """CREMA-D clips, audio-visual or audio-only, speaker-independent splits."""
+
+  FOLD_GROUP_KEY = 'speaker'
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
@@ -208,9 +205,10 @@ class CremaD(tfds.core.GeneratorBasedBuilder):
     by_actor = {}
     for item in items:
       by_actor.setdefault(item['actor'], []).append(item)
-    return {actor_split_name(a): self._generate_examples(by_actor[a], report,
-                                                        actor_split_name(a))
-            for a in sorted(by_actor)}
+    splits = builder_lib.assign_units(by_actor, cfg.val_frac, cfg.test_frac)
+    return {split: self._generate_examples([i for a in actors for i in by_actor[a]], report,
+                                           split)
+            for split, actors in splits.items()}
 
   def _generate_examples(self, items, report, split):
     yield from builder_lib.report_generator(

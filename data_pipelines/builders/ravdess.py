@@ -18,18 +18,15 @@ Configs:
   song_av, song_audio   the song takes (actor 18 has none).
   speech_av_small, speech_audio_small   tiny features for tests.
 
-Splits are per actor, `actor_01` ... `actor_24` (only actors present in the
-manual folder). Speaker-independent protocols are split expressions over them,
-see `fold_splits`:
-  '6x4'   6 folds of 4 consecutive actors (1-4, 5-8, ...); fold k tests group k,
-          validates on group k+1 (mod 6) and trains on the other 16 actors.
-  '5fold' 5 folds testing actors 1-4, 5-8, ..., 17-20; validation is the next
-          group (mod 5); actors 21-24 always train.
-e.g. in a config:
-  c.dataset.name = 'ravdess/speech_av'
-  splits = ravdess.fold_splits('6x4', fold=2)
-  c.dataset.train_split, c.dataset.val_split, c.dataset.test_split = (
-      splits['train'], splits['validation'], splits['test'])
+Splits are speaker-independent: the actors present are sorted and the last
+20% test, the 20% before validate, the rest train (all 24 actors: 1-14 train,
+15-19 validation, 20-24 test; the four sample actors 1-4: 1-2 / 3 / 4); see
+`val_frac`/`test_frac`. 'speaker' is the actor id, so the published protocols
+are k-fold runs over it (data_pipelines/folds.py), pooled over all splits:
+  c.dataset.fold.num_folds = 6   # 6 folds of 4 consecutive actors (1-4, 5-8, ...)
+  c.dataset.fold.index = k       # fold k tests, the next fold validates
+  c.dataset.fold.group_key = 'speaker'
+5 folds cut the 24 actors into 5,5,5,5,4 consecutive actors.
 
 Build: `PYTHONPATH=. tfds build data_pipelines/builders/ravdess.py
   --config=speech_audio --manual_dir=DIR --data_dir=OUT`; training builds the
@@ -130,31 +127,6 @@ def parse_name(path) -> RavdessName:
   return RavdessName(mod, voc, emo, inten, stmt, rep, actor)
 
 
-def actor_split_name(actor: int) -> str:
-  return f'actor_{actor:02d}'
-
-
-def actor_split(actors) -> str:
-  """Split expression reading the given actors, e.g. actor_split([1, 2])."""
-  return builder_lib.split_expr(actor_split_name(a) for a in actors)
-
-
-def fold_splits(protocol: str = '6x4', fold: int = 0) -> dict:
-  """{'train', 'validation', 'test'} split expressions of a speaker-independent protocol."""
-  actors = [actor_split_name(a) for a in range(1, NUM_ACTORS + 1)]
-  if protocol == '6x4':
-    return builder_lib.group_folds(actors, 6, fold)
-  if protocol == '5fold':
-    if not 0 <= fold < 5:
-      raise ValueError(f'fold must be in [0, 5), got {fold}')
-    groups = [actors[4 * g:4 * g + 4] for g in range(5)]
-    test, val = groups[fold], groups[(fold + 1) % 5]
-    train = [a for a in actors if a not in test and a not in val]
-    return {'train': builder_lib.split_expr(train), 'validation': builder_lib.split_expr(val),
-            'test': builder_lib.split_expr(test)}
-  raise ValueError(f'unknown RAVDESS protocol {protocol!r}; use "6x4" or "5fold"')
-
-
 # ----------------------------------------------------------------------------
 # Builder configs
 
@@ -178,6 +150,9 @@ class RavdessConfig(tfds.core.BuilderConfig):
   audio: audio_features.AudioFeatureConfig = dataclasses.field(default_factory=_default_audio)
   video: Optional[video_features.VideoFeatureConfig] = dataclasses.field(
       default_factory=lambda: video_features.VideoFeatureConfig(num_frames=15, size=112))
+  # Fractions of the (sorted) actors in the validation and test splits.
+  val_frac: float = 0.2
+  test_frac: float = 0.2
 
 
 _SMALL_AUDIO = audio_features.AudioFeatureConfig(
@@ -187,7 +162,9 @@ _SMALL_VIDEO = video_features.VideoFeatureConfig(num_frames=4, size=48)
 
 
 class Ravdess(tfds.core.GeneratorBasedBuilder):
-  """RAVDESS speech/song, audio-visual or audio-only, one split per actor."""
+  """RAVDESS speech/song, audio-visual or audio-only, speaker-independent splits."""
+
+  FOLD_GROUP_KEY = 'speaker'
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
@@ -249,9 +226,11 @@ class Ravdess(tfds.core.GeneratorBasedBuilder):
     by_actor = {}
     for item in items:
       by_actor.setdefault(item['actor'], []).append(item)
-    return {actor_split_name(a): self._generate_examples(by_actor[a], report,
-                                                        actor_split_name(a))
-            for a in sorted(by_actor)}
+    cfg = self.builder_config
+    splits = builder_lib.assign_units(by_actor, cfg.val_frac, cfg.test_frac)
+    return {split: self._generate_examples([i for a in actors for i in by_actor[a]], report,
+                                           split)
+            for split, actors in splits.items()}
 
   def _generate_examples(self, items, report, split):
     yield from builder_lib.report_generator(
