@@ -31,7 +31,7 @@ def _synthetic(c):
   c.model.d_model = 64
   c.model.audio_layers = 2
   c.model.face_layers = 1
-  c.model.face_channels = (16, 32, 64)
+  c.model.face_channels = (16, 32, 64, 64)  # 4 pools: the mouth shape needs a wide receptive field
   c.input.batch_size = 32
   c.input.example_shapes = {'audio': (100, 20), 'video': (8, 64, 64, 3)}
   c.input.augment.video_hflip = True

@@ -64,3 +64,124 @@ def mmt_ca_loss(outputs, batch, loss_config):
       total = total + w * term
   aux['total'] = total
   return total, aux
+
+
+def gaussian_kl(mu1, var1, mu2, var2, eps: float = 1e-6):
+  """KL(N(mu1, diag var1) || N(mu2, diag var2)), summed over the last axis."""
+  var1, var2 = var1 + eps, var2 + eps
+  kl = 0.5 * (jnp.log(var2 / var1) + (var1 + (mu1 - mu2) ** 2) / var2 - 1.0)
+  return kl.sum(-1)
+
+
+def symmetric_gaussian_kl(mu1, var1, mu2, var2):
+  return gaussian_kl(mu1, var1, mu2, var2) + gaussian_kl(mu2, var2, mu1, var1)
+
+
+def gaussian_stats(x, mode: str = 'feature'):
+  """Mean and variance of features x [B, D] under a Gaussian model.
+
+  'feature': each example's D values are samples of one Gaussian -> [B, 1] stats
+  (ATTSF-Net: "since these features are represented as vectors, we can compute
+  their distribution"). 'batch': a diagonal Gaussian over the D dimensions with
+  statistics over the batch -> [1, D].
+  """
+  if mode == 'feature':
+    return x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+  if mode == 'batch':
+    return x.mean(0, keepdims=True), x.var(0, keepdims=True)
+  raise ValueError(f"mode must be 'feature' or 'batch', got {mode!r}")
+
+
+def kl_similarity_loss(learn, a2v, v2a, mode: str = 'feature'):
+  """ATTSF-Net Eqs. 15-17: L_sim = (L_{a-l} + L_{v-l}) / 2, symmetric KLs of Gaussians.
+
+  Returns per-example values [B] ('feature') or a broadcast scalar ('batch').
+  """
+  ml, vl = gaussian_stats(learn, mode)
+  l_al = symmetric_gaussian_kl(ml, vl, *gaussian_stats(a2v, mode))
+  l_vl = symmetric_gaussian_kl(ml, vl, *gaussian_stats(v2a, mode))
+  out = 0.5 * (l_al + l_vl)
+  return jnp.broadcast_to(out, (learn.shape[0],))
+
+
+def attsf_loss(outputs, batch, loss_config):
+  """ATTSF-Net Eq. 18: L_av + lambda_a L_a + lambda_v L_v + lambda_sim L_sim."""
+  smoothing = _cfg(loss_config, 'label_smoothing', 0.0)
+  valid = _valid(batch)
+  l_av, aux = classification_loss(outputs, batch, loss_config)
+  aux = {'L_av': l_av}
+  total = l_av
+  for key, name, modality in (('audio_aux_logits', 'lambda_a', 'audio'),
+                              ('video_aux_logits', 'lambda_v', 'video')):
+    if key in outputs:
+      term = auxiliary_ce(outputs, batch, key, modality, smoothing)
+      aux['L_' + modality[0]] = term
+      total = total + _cfg(loss_config, name, 0.5) * term
+  if 'sab_token' in outputs:
+    from mer_jax import batch_contract as bc
+    both = bc.modality_mask(batch, 'audio') * bc.modality_mask(batch, 'video')
+    sim = kl_similarity_loss(outputs['sab_token'], outputs['pooled_a2v'], outputs['pooled_v2a'],
+                             _cfg(loss_config, 'sim_stats', 'feature'))
+    l_sim = weighted_mean(sim, valid * both)
+    aux['L_sim'] = l_sim
+    total = total + _cfg(loss_config, 'lambda_sim', 0.3) * l_sim
+  aux['total'] = total
+  return total, aux
+
+
+def info_nce(anchors, positives, weights, temperature: float = 0.1):
+  """InfoNCE over cosine similarities (OF-CMAER-CAT Eqs. 15-17), one direction.
+
+  anchors, positives: [B, d]; example n's positive is positives[n], its
+  negatives every other example with weight > 0. Returns per-example losses [B].
+  """
+  a = anchors / (jnp.linalg.norm(anchors, axis=-1, keepdims=True) + 1e-8)
+  p = positives / (jnp.linalg.norm(positives, axis=-1, keepdims=True) + 1e-8)
+  sim = a @ p.T / temperature  # [B, B]
+  sim = jnp.where(weights[None, :] > 0, sim, -1e9)
+  return -jnp.diagonal(jax.nn.log_softmax(sim, axis=-1))
+
+
+def multimodal_info_nce(pooled, mask, valid, temperature: float = 0.1):
+  """Mean InfoNCE over ordered modality pairs (i, j), i != j, of pooled [B, M, d].
+
+  An example counts for a pair when both modalities are present.
+  """
+  m = pooled.shape[1]
+  total, pairs = 0.0, 0
+  for i in range(m):
+    for j in range(m):
+      if i == j:
+        continue
+      w = valid * mask[:, i] * mask[:, j]
+      total = total + weighted_mean(info_nce(pooled[:, i], pooled[:, j], w, temperature), w)
+      pairs += 1
+  return total / max(pairs, 1)
+
+
+def weight_entropy(weights, eps: float = 1e-8):
+  """R_ent = -sum_i w_i log(w_i + eps), per example (Eq. 18)."""
+  return -jnp.sum(weights * jnp.log(weights + eps), axis=-1)
+
+
+def ofcmaer_loss(outputs, batch, loss_config):
+  """OF-CMAER-CAT Eq. 19: l1 CE + l2 L_con + l3 L_rec + l4 * sign * R_ent.
+
+  The weight-decay term l5 ||Theta||^2 is applied by the optimiser (config
+  optim.weight_decay). `entropy_sign` = -1 rewards entropy, as the text says
+  the term should keep any one modality from dominating; +1 is Eq. 19 as printed.
+  """
+  valid = _valid(batch)
+  l_cls, _ = classification_loss(outputs, batch, loss_config)
+  mask = outputs['modality_mask']
+  pooled = outputs['pooled_embeddings']
+  l_con = multimodal_info_nce(pooled, mask, valid, _cfg(loss_config, 'temperature', 0.1))
+  # Reconstruct each present modality's pooled embedding from the fused one.
+  err = jnp.mean((outputs['reconstructions'] - jax.lax.stop_gradient(pooled)) ** 2, -1)  # [B, M]
+  l_rec = jnp.sum(err * mask * valid[:, None]) / jnp.maximum(jnp.sum(mask * valid[:, None]), 1.0)
+  r_ent = weighted_mean(weight_entropy(outputs['modality_weights']), valid)
+  total = (_cfg(loss_config, 'lambda1', 1.0) * l_cls
+           + _cfg(loss_config, 'lambda2', 0.1) * l_con
+           + _cfg(loss_config, 'lambda3', 0.1) * l_rec
+           + _cfg(loss_config, 'lambda4', 0.01) * _cfg(loss_config, 'entropy_sign', -1.0) * r_ent)
+  return total, {'ce': l_cls, 'L_con': l_con, 'L_rec': l_rec, 'R_ent': r_ent, 'total': total}

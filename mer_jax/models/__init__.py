@@ -56,3 +56,9 @@ def _ensure_registered():
   register('avt_ca', avt_ca.AVTCA)
   from mer_jax.models import mmt_ca
   register('mmt_ca', mmt_ca.MMTCA, losses.mmt_ca_loss)
+  from mer_jax.models import attsf_net
+  register('attsf_net', attsf_net.ATTSFNet, losses.attsf_loss)
+  from mer_jax.models import ofcmaer_cat
+  register('ofcmaer_cat', ofcmaer_cat.OFCMAERCAT, losses.ofcmaer_loss)
+  from mer_jax.models import tucker_fusion
+  register('tucker_fusion', tucker_fusion.TuckerCrossAttentionFusion)

@@ -1,0 +1,197 @@
+"""ATTSF-Net: attention-based similarity fusion network (paper 003).
+
+Audio: MFCC [T, F] as a one-channel image -> 4 x (Conv 3x3, padding 0 -> BN ->
+ReLU -> max-pool (2, 1)) with {64, 128, 256, 128} channels -> per-step vectors
+-> LSTM to d. Video: EfficientFace-like frame encoder per frame -> Conv1D (k=3)
+to d. Both are then brought to a common length L by linear interpolation in
+time (the paper only says LSTM and Conv1D "standardise" the dimensions).
+
+Main network: CMB x num_layers in each direction (Eqs. 3-9; the dominant stream
+is the query, the other modality stays the key/value source in every layer);
+SAB x num_layers: a learnable token attends to video, the result attends to
+audio (Eq. 11), then MHA and FFN with LN (Eqs. 12-13). AVAM: a transformer
+encoder per modality with average pooling and its own classifier (CE L_a, L_v).
+
+Fusion (Section III-F), per branch, of the pooled main feature H_av and the
+auxiliary feature H_m: 'sum' (ATTSF-Net, Eq. 19), 'l2' (ATTSF-L2, Eqs. 20-21,
+weights from L2 norms), 'gat' (ATTSF-Gat: a Linear 2d -> 2 gives the two
+weights; softmax-normalised here, the paper does not say). The classifier sees
+the two fused branch features and the SAB token, concatenated (the paper does
+not spell out the head). Eq. 19 pairs x_{v->a} with the video auxiliary x_v*:
+the video-dominant branch takes the video auxiliary and the audio-dominant
+branch the audio one.
+
+The similarity loss uses the temporal means of both CMB outputs and the SAB
+token; see losses.kl_similarity_loss for the Gaussian model.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mer_jax import batch_contract as bc
+from mer_jax.models import encoders, layers
+
+Array = jax.Array
+
+
+class Conv2DAudioEncoder(nn.Module):
+  """MFCC [B, T, F] -> blocks of (Conv kxk valid -> BN -> ReLU -> max-pool (2, 1)) -> [B, T', F' * C]."""
+  channels: Sequence[int] = (64, 128, 256, 128)
+  kernel_size: int = 3
+  padding: str = 'VALID'
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    x = x[..., None]
+    for c in self.channels:
+      x = layers.ConvBNAct(c, (self.kernel_size, self.kernel_size), padding=self.padding)(x, train)
+      x = nn.max_pool(x, (2, 1), (2, 1))
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+class CrossModalBlock(nn.Module):
+  """One CMB layer (Eqs. 6-9): x_q attends x_kv, then self-attention, then FFN, each with LN."""
+  num_heads: int
+  d_ff: int
+  dropout_rate: float
+
+  @nn.compact
+  def __call__(self, x_q, x_kv, train):
+    drop = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+    att, w = layers.MultiHeadAttention(self.num_heads, dropout_rate=self.dropout_rate,
+                                       name='cross')(x_q, x_kv, train, return_weights=True)
+    x = nn.LayerNorm()(x_q + drop(att))
+    x = nn.LayerNorm()(x + drop(layers.MultiHeadAttention(
+        self.num_heads, dropout_rate=self.dropout_rate, name='self')(x, x, train)))
+    x = nn.LayerNorm()(x + drop(layers.FeedForward(self.d_ff, self.dropout_rate, nn.relu)(x, train)))
+    return x, w
+
+
+class SimilarityAdjustmentBlock(nn.Module):
+  """One SAB layer (Eqs. 11-13) on a token [B, 1, d]."""
+  num_heads: int
+  d_ff: int
+  dropout_rate: float
+
+  @nn.compact
+  def __call__(self, token, a, v, train):
+    drop = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+    mha = lambda name: layers.MultiHeadAttention(self.num_heads, dropout_rate=self.dropout_rate,
+                                                 name=name)
+    x = mha('learn_to_video')(token, v, train)
+    x = nn.LayerNorm()(mha('learn_to_audio')(x, a, train))
+    x = nn.LayerNorm()(x + drop(mha('self')(x, x, train)))
+    return nn.LayerNorm()(x + drop(layers.FeedForward(self.d_ff, self.dropout_rate, nn.relu)(x, train)))
+
+
+class ATTSFNet(nn.Module):
+  num_classes: int
+  d_model: int = 128  # Table II "feature dimension"
+  seq_len: int = 128  # Table II "sequence length" (RAVDESS 128, IEMOCAP 64)
+  num_layers: int = 6  # CMB and SAB layers (RAVDESS 6, IEMOCAP 5)
+  aux_layers: int = 2  # AVAM layers (RAVDESS 2, IEMOCAP 1)
+  num_heads: int = 4
+  d_ff: int = 256  # FFN neurons of CMB and SAB
+  aux_d_ff: int = 256  # FFN neurons of AVAM (IEMOCAP 128)
+  dropout_rate: float = 0.4
+  audio_channels: Sequence[int] = (64, 128, 256, 128)
+  audio_align: str = 'lstm'  # 'lstm' | 'linear' (Table VIII: LSTM -> Linear)
+  frame_stem_features: int = 29
+  frame_stage_features: Sequence[int] = (116, 232)
+  frame_expansion: int = 2
+  local_grid: int = 2
+  frame_dim: int = 128
+  video_kernel: int = 3
+  use_sab: bool = True
+  use_audio_aux: bool = True
+  use_video_aux: bool = True
+  fusion: str = 'sum'  # 'sum' (ATTSF-Net) | 'l2' (ATTSF-L2) | 'gat' (ATTSF-Gat)
+  impl: str = 'auto'
+
+  def _fuse(self, main, aux, name):
+    if self.fusion == 'sum':
+      return main + aux
+    if self.fusion == 'l2':
+      n_main = jnp.linalg.norm(main, axis=-1, keepdims=True)
+      n_aux = jnp.linalg.norm(aux, axis=-1, keepdims=True)
+      total = n_main + n_aux + 1e-6
+      return (n_main / total) * main + (n_aux / total) * aux
+    if self.fusion == 'gat':
+      w = jax.nn.softmax(nn.Dense(2, name=name)(jnp.concatenate([aux, main], -1)), axis=-1)
+      self.sow('intermediates', name + '_weights', w)
+      return w[:, :1] * aux + w[:, 1:] * main
+    raise ValueError(f"fusion must be 'sum', 'l2' or 'gat', got {self.fusion!r}")
+
+  @nn.compact
+  def __call__(self, batch, train: bool = False):
+    d = self.d_model
+    m_a, m_v = bc.modality_mask(batch, 'audio'), bc.modality_mask(batch, 'video')
+    drop = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+
+    # Audio: 2-D CNN, then LSTM (or Linear) to d, then the common length L.
+    a = Conv2DAudioEncoder(self.audio_channels, name='audio_cnn')(batch['audio'], train)
+    if self.audio_align == 'lstm':
+      a = nn.RNN(nn.OptimizedLSTMCell(d), name='audio_lstm')(a)
+    elif self.audio_align == 'linear':
+      a = nn.Dense(d, name='audio_linear')(a)
+    else:
+      raise ValueError(f"audio_align must be 'lstm' or 'linear', got {self.audio_align!r}")
+    a = layers.resize_time(a, self.seq_len) * m_a[:, None, None]
+
+    # Video: per-frame encoder, then Conv1D to d, then the common length L.
+    video = batch['video']
+    if video.ndim == 5:
+      frame_enc = encoders.EfficientFrameEncoder(
+          self.frame_stem_features, self.frame_stage_features, self.frame_expansion,
+          self.local_grid, self.frame_dim, impl=self.impl, name='frame_encoder')
+      v = encoders.encode_frames(frame_enc, video, train)
+    else:
+      v = video.astype(jnp.float32)
+    v = nn.relu(nn.Conv(d, (self.video_kernel,), padding='SAME', name='video_conv1d')(v))
+    v = layers.resize_time(v, self.seq_len) * m_v[:, None, None]
+    a, v = drop(a), drop(v)
+
+    # CMB in both directions: a2v is audio-dominant (audio queries video).
+    a2v, v2a = a, v
+    for i in range(self.num_layers):
+      blk = lambda name: CrossModalBlock(self.num_heads, self.d_ff, self.dropout_rate, name=name)
+      a2v, w_av = blk(f'cmb_a2v_{i}')(a2v, v, train)
+      v2a, w_va = blk(f'cmb_v2a_{i}')(v2a, a, train)
+    self.sow('intermediates', 'attention_audio_to_video', w_av)
+    self.sow('intermediates', 'attention_video_to_audio', w_va)
+    out = {}
+    h_a2v = a2v.mean(axis=1)
+    h_v2a = v2a.mean(axis=1)
+    out['pooled_a2v'], out['pooled_v2a'] = h_a2v, h_v2a
+
+    feats = []
+    # AVAM: unimodal transformer encoders with average pooling and their own heads.
+    for use, x, main, tag in ((self.use_audio_aux, a, h_a2v, 'audio'),
+                              (self.use_video_aux, v, h_v2a, 'video')):
+      if use:
+        h = x
+        for i in range(self.aux_layers):
+          h = layers.TransformerLayer(self.num_heads, self.aux_d_ff, self.dropout_rate,
+                                      activation=nn.relu, name=f'avam_{tag}_{i}')(h, train)
+        h = h.mean(axis=1)
+        out[f'{tag}_aux_logits'] = nn.Dense(self.num_classes, name=f'avam_{tag}_classifier')(drop(h))
+        main = self._fuse(main, h, f'gate_{tag}')
+      feats.append(main)
+
+    if self.use_sab:
+      token = self.param('learnable_token', nn.initializers.normal(0.02), (1, 1, d))
+      t = jnp.broadcast_to(token, (a.shape[0], 1, d))
+      for i in range(self.num_layers):
+        t = SimilarityAdjustmentBlock(self.num_heads, self.d_ff, self.dropout_rate,
+                                      name=f'sab_{i}')(t, a, v, train)
+      out['sab_token'] = t[:, 0]
+      feats.append(t[:, 0])
+
+    h = drop(jnp.concatenate(feats, axis=-1))
+    out['logits'] = nn.Dense(self.num_classes, name='classifier')(h)
+    return out
