@@ -170,6 +170,9 @@ class SkipReport:
     logging.warning('%s: skipping %s: %s', self.name, path, reason)
     self.entries.setdefault(split, []).append({'path': str(path), 'reason': reason})
 
+  def all(self) -> list:
+    return [e for v in self.entries.values() for e in v]
+
   def count(self) -> int:
     return sum(len(v) for v in self.entries.values())
 
@@ -199,6 +202,60 @@ def report_generator(gen: Iterable, report: SkipReport, directory_fn: Callable[[
   path = report.write(directory_fn())
   if report.count():
     logging.warning('%s: %d files skipped; see %s', report.name, report.count(), path)
+
+
+# ----------------------------------------------------------------------------
+# Process first, then split: a split is only declared when it has examples.
+
+
+def build_splits(builder, module: str, func: str, items: Sequence, report: SkipReport,
+                 unit_fn: Callable[[dict], object], val_frac: float = 0.2,
+                 test_frac: float = 0.2, fixed: Optional[dict] = None) -> dict:
+  """Processes every item, then returns {split: generator} over the survivors.
+
+  Examples are cached on disk (under the builder's temporary data folder)
+  between the two phases, so memory stays flat. Units (actors, subjects)
+  whose files were all skipped get no split share, and TFDS never sees an
+  empty split. `fixed` ({split: [units]}) replaces the fractional rule.
+  """
+  import pickle
+  import shutil
+  import tensorflow as tf
+  cache_dir = os.path.join(os.fspath(builder.data_dir), '_examples')
+  tf.io.gfile.makedirs(cache_dir)
+  by_unit = {}
+  name = builder.name + '/' + builder.builder_config.name
+  for i, (key, example) in enumerate(process_files(
+      module, func, items, builder.builder_config, f'{name} files', report, 'files')):
+    path = os.path.join(cache_dir, f'{i:07d}.pkl')
+    with open(path, 'wb') as f:
+      pickle.dump((key, example), f, protocol=pickle.HIGHEST_PROTOCOL)
+    by_unit.setdefault(unit_fn(example), []).append(path)
+  report.write(builder.data_dir)
+  if not by_unit:
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    raise ValueError(f'{name}: every one of the {len(items)} files was skipped; see '
+                     f'{os.path.join(os.fspath(builder.data_dir), "skipped.json")} '
+                     f'(first reasons: {[e["reason"] for e in report.all()[:3]]})')
+  if fixed is not None:
+    splits = {s: [u for u in units if u in by_unit] for s, units in fixed.items()}
+    splits = {s: u for s, u in splits.items() if u}
+  else:
+    splits = assign_units(by_unit, val_frac, test_frac)
+  remaining = [len(splits)]
+
+  def gen(paths):
+    for path in sorted(paths):
+      with open(path, 'rb') as f:
+        yield pickle.load(f)
+      os.remove(path)
+    remaining[0] -= 1
+    if remaining[0] == 0:
+      shutil.rmtree(cache_dir, ignore_errors=True)
+
+  logging.info('%s splits by %s: %s', name, 'fixed units' if fixed else 'sorted units',
+               {s: list(u) for s, u in splits.items()})
+  return {s: gen([p for u in units for p in by_unit[u]]) for s, units in splits.items()}
 
 
 # ----------------------------------------------------------------------------

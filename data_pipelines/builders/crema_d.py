@@ -202,19 +202,12 @@ class CremaD(tfds.core.GeneratorBasedBuilder):
       raise builder_lib.ManualDirError(
           f'crema_d: no usable clips under {manual_dir} ({len(bad)} skipped).\n'
           f'{MANUAL_DIR_INSTRUCTIONS}')
-    by_actor = {}
-    for item in items:
-      by_actor.setdefault(item['actor'], []).append(item)
-    splits = builder_lib.assign_units(by_actor, cfg.val_frac, cfg.test_frac)
-    return {split: self._generate_examples([i for a in actors for i in by_actor[a]], report,
-                                           split)
-            for split, actors in splits.items()}
+    cfg = self.builder_config
+    return builder_lib.build_splits(self, MODULE, 'process_item', items, report,
+                                    lambda ex: int(ex['speaker']), cfg.val_frac, cfg.test_frac)
 
-  def _generate_examples(self, items, report, split):
-    yield from builder_lib.report_generator(
-        builder_lib.process_files(MODULE, 'process_item', items, self.builder_config,
-                                  f'crema_d {split}', report, split),
-        report, lambda: self.data_dir)
+  def _generate_examples(self):  # examples come from build_splits
+    raise NotImplementedError
 
 
 def _scan(manual_dir, dirs, bad):

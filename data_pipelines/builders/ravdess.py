@@ -223,20 +223,12 @@ class Ravdess(tfds.core.GeneratorBasedBuilder):
           f'ravdess: no usable {"AV" if self.builder_config.with_video else "audio"} '
           f'{"speech" if self.builder_config.vocal_channel == 1 else "song"} files found '
           f'under {manual_dir} ({len(bad)} skipped).\n{MANUAL_DIR_INSTRUCTIONS}')
-    by_actor = {}
-    for item in items:
-      by_actor.setdefault(item['actor'], []).append(item)
     cfg = self.builder_config
-    splits = builder_lib.assign_units(by_actor, cfg.val_frac, cfg.test_frac)
-    return {split: self._generate_examples([i for a in actors for i in by_actor[a]], report,
-                                           split)
-            for split, actors in splits.items()}
+    return builder_lib.build_splits(self, MODULE, 'process_item', items, report,
+                                    lambda ex: int(ex['speaker']), cfg.val_frac, cfg.test_frac)
 
-  def _generate_examples(self, items, report, split):
-    yield from builder_lib.report_generator(
-        builder_lib.process_files(MODULE, 'process_item', items, self.builder_config,
-                                  f'ravdess {split}', report, split),
-        report, lambda: self.data_dir)
+  def _generate_examples(self):  # examples come from build_splits
+    raise NotImplementedError
 
 
 def collect_items(manual_dir: str, cfg: RavdessConfig):

@@ -73,6 +73,15 @@ def _wav_data_chunk(path) -> Optional[tuple[int, int]]:
   return (0, 0) if head[:4] == b'RIFF' else None
 
 
+def _declared_seconds(container, stream) -> Optional[float]:
+  """Duration the file's headers declare for `stream` (container's as fallback)."""
+  if stream.duration and stream.time_base:
+    return float(stream.duration * stream.time_base)
+  if container.duration:
+    return container.duration / 1e6
+  return None
+
+
 def _decode_wav(path, start_s, end_s):
   import soundfile as sf
   chunk = _wav_data_chunk(path)
@@ -105,7 +114,7 @@ def _decode_audio_av(path, start_s, end_s):
       raise MissingStreamError(path, 'no audio stream')
     stream = container.streams.audio[0]
     sr = stream.codec_context.sample_rate or stream.rate
-    declared_s = float(stream.duration * stream.time_base) if stream.duration else None
+    declared_s = _declared_seconds(container, stream)
     chunks = []
     try:
       if start_s:
@@ -204,6 +213,7 @@ def _decode_video_av(path, start_s, end_s, num_frames):
     rate = stream.average_rate or stream.guessed_rate
     fps = float(rate) if rate else 0.0
     declared = stream.frames or 0
+    declared_s = _declared_seconds(container, stream)
     frames = []  # av.VideoFrame, converted to RGB only when selected
     error = None
     try:
@@ -224,6 +234,14 @@ def _decode_video_av(path, start_s, end_s, num_frames):
   if whole and declared and len(frames) < _MIN_DECODED_FRACTION * declared:
     raise CorruptMediaError(
         path, f'video truncated: {len(frames)} of {declared} declared frames decoded')
+  if whole and not declared and declared_s and fps and frames[-1].pts is not None:
+    # No frame count in the header (e.g. FLV): compare covered time instead.
+    got = float(frames[-1].pts * frames[-1].time_base) + 1.0 / fps
+    if frames[0].pts is not None:
+      got -= float(frames[0].pts * frames[0].time_base)
+    if got < _MIN_DECODED_FRACTION * declared_s:
+      raise CorruptMediaError(
+          path, f'video truncated: {got:.2f} s of {declared_s:.2f} s declared decoded')
   if error is not None and whole and not declared:
     raise CorruptMediaError(path, f'video decoding failed after {len(frames)} frames ({error})')
   out = np.stack([frames[i].to_ndarray(format='rgb24') for i in _select(len(frames), num_frames)])
