@@ -276,7 +276,9 @@ def tucker_core(a: Array, v: Array, factor_t: Array, factor_a: Array, factor_v: 
   """
   pa = jnp.einsum('ntd,dp->ntp', a, factor_a)
   pv = jnp.einsum('ntd,dq->ntq', v, factor_v)
-  return jnp.einsum('tk,ntp,ntq->nkpq', factor_t, pa, pv)
+  # Contraction order fixed by hand: [N, K, T, P] is small, [N, T, P, Q] is not.
+  weighted = jnp.einsum('tk,ntp->nktp', factor_t, pa)
+  return jnp.einsum('nktp,ntq->nkpq', weighted, pv)
 
 
 def tucker_core_naive(a: Array, v: Array, factor_t: Array, factor_a: Array,

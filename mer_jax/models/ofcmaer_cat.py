@@ -11,7 +11,8 @@ CNN. Pooled f_i = mean_t F_i.
 
 CMAA (Eqs. 2-7): Attn_{i<-j} = MHA(Q = F_i, K = V = F_j) per ordered pair;
 partner weights alpha_ij = softmax_{j != i}(f_i^T W_phi f_j) over the partners
-present; F~_i = sum_j alpha_ij Attn_{i<-j}; gated residual
+present (with two modalities each has one partner, alpha = 1 and W_phi gets
+no gradient: the bilinear compatibility only matters from three modalities); F~_i = sum_j alpha_ij Attn_{i<-j}; gated residual
 F^a_i = LN(F_i + sigmoid(G_i) * F~_i) with G_i = MLP([F_i, F~_i]) per step (the
 paper does not say what the gate MLP sees).
 
@@ -48,11 +49,18 @@ from mer_jax.models import encoders, layers
 Array = jax.Array
 
 
-def awom_weights(scores: Array, mask: Array, eps: float = 1e-8) -> Array:
-  """Eq. 10: w~ = m w / (sum m w + eps) with w = softmax(scores). [B, M] -> [B, M]."""
-  w = jax.nn.softmax(scores, axis=-1)
-  mw = mask * w
-  return mw / (mw.sum(-1, keepdims=True) + eps)
+def awom_weights(scores: Array, mask: Array) -> Array:
+  """Eq. 10: w~ = m w / (sum m w + eps) with w = softmax(scores). [B, M] -> [B, M].
+
+  Computed as a softmax over the present modalities only, which is the same
+  quantity with eps -> 0 but stays exact when a present modality's w is tiny
+  (the eps form would then leave the weights summing to less than 1). A row
+  with no modality present gets all zeros.
+  """
+  logits = jnp.where(mask > 0, scores, -jnp.inf)
+  any_present = mask.sum(-1, keepdims=True) > 0
+  logits = jnp.where(any_present, logits, 0.0)
+  return jnp.where(mask > 0, jax.nn.softmax(logits, axis=-1), 0.0)
 
 
 def masked_time_mean(x: Array) -> Array:

@@ -1,0 +1,268 @@
+"""Papers 000, 001, 003 and 004: forward + backward in the tiny presets, output
+shapes, finite gradients, train/eval behaviour, variants and the ResNet import.
+
+One jitted train-mode step per model (called several times with the same
+shapes); everything else runs un-jitted to keep compilation short.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mer_jax import batch_contract as bc
+from mer_jax import models, train
+
+PAPERS = ['ofcmaer_cat', 'tucker_fusion', 'attsf_net', 'mmt_ca']
+B = 4
+
+
+def _config(paper, arg='tiny'):
+  return importlib.import_module(f'configs.{paper}').get_config(arg)
+
+
+def _random_batch(config, seed=0, batch_size=B):
+  batch = train.example_batch(config, batch_size)
+  rng = np.random.default_rng(seed)
+  for k, v in list(batch.items()):
+    if k == 'video' and v.dtype == np.uint8:
+      batch[k] = rng.integers(0, 256, v.shape, dtype=np.uint8)
+    elif k in bc.MODALITIES:
+      batch[k] = rng.standard_normal(v.shape).astype(np.float32)
+  batch['label'] = rng.integers(0, config.dataset.num_classes, batch_size).astype(np.int32)
+  return batch
+
+
+def _init(model, batch):
+  return model.init({'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)},
+                    batch, train=False)
+
+
+@pytest.fixture(scope='module', params=PAPERS)
+def setup(request):
+  config = _config(request.param)
+  model = models.build(config.model, config.dataset.num_classes)
+  loss_fn = models.get(config.model.name).loss_fn
+  batch = _random_batch(config)
+  variables = _init(model, batch)
+
+  @jax.jit
+  def train_step(params, batch_stats, batch, rng):
+    def f(p):
+      out, upd = model.apply({'params': p, 'batch_stats': batch_stats}, batch, train=True,
+                             rngs={'dropout': rng, 'noise': rng}, mutable=['batch_stats'])
+      loss, aux = loss_fn(out, batch, config.loss)
+      return loss, (out, upd)
+    (loss, (out, upd)), grads = jax.value_and_grad(f, has_aux=True)(params)
+    return loss, out, upd, grads
+
+  return request.param, config, model, variables, batch, train_step
+
+
+def test_forward_backward_shapes_and_finite_grads(setup):
+  paper, config, model, variables, batch, train_step = setup
+  loss, out, upd, grads = train_step(variables['params'], variables.get('batch_stats', {}), batch,
+                                     jax.random.PRNGKey(3))
+  chex.assert_shape(out['logits'], (B, config.dataset.num_classes))
+  chex.assert_tree_all_finite(out['logits'])
+  assert np.isfinite(float(loss))
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    assert np.all(np.isfinite(g)), f'{paper}: non-finite gradient at {jax.tree_util.keystr(path)}'
+  # Every parameter takes part in the loss, except where a softmax runs over a
+  # single entry and is constant: the query/key of SAB's self-attention over its
+  # one token, and OF-CMAER-CAT's W_phi with one partner modality (alpha = 1).
+  dead = [jax.tree_util.keystr(p) for p, g in jax.tree_util.tree_leaves_with_path(grads)
+          if not np.any(np.asarray(g))]
+  dead = [d for d in dead if not ('sab_' in d and "['self']" in d
+                                  and ("['query']" in d or "['key']" in d))]
+  if len(config.model.get('modalities', ())) == 2:
+    dead = [d for d in dead if d != "['w_phi']"]
+  assert not dead, f'{paper}: parameters with zero gradient: {dead}'
+  chex.assert_trees_all_equal_structs(grads, variables['params'])
+
+
+def test_dropout_makes_train_mode_stochastic(setup):
+  paper, config, model, variables, batch, train_step = setup
+  bs = variables.get('batch_stats', {})
+  _, out1, _, _ = train_step(variables['params'], bs, batch, jax.random.PRNGKey(10))
+  _, out2, _, _ = train_step(variables['params'], bs, batch, jax.random.PRNGKey(11))
+  _, out3, _, _ = train_step(variables['params'], bs, batch, jax.random.PRNGKey(10))
+  assert not np.allclose(out1['logits'], out2['logits']), f'{paper}: dropout has no effect'
+  np.testing.assert_allclose(out1['logits'], out3['logits'], rtol=1e-5, atol=1e-6)
+
+
+def test_batchnorm_uses_batch_statistics_in_train(setup):
+  paper, config, model, variables, batch, train_step = setup
+  bs = variables['batch_stats']
+  rng = jax.random.PRNGKey(5)
+  _, out, upd, _ = train_step(variables['params'], bs, batch, rng)
+  # Running statistics move in train mode.
+  moved = [not np.allclose(a, b) for a, b in
+           zip(jax.tree.leaves(bs), jax.tree.leaves(upd['batch_stats']))]
+  assert any(moved), f'{paper}: batch_stats unchanged by a train step'
+  # In train mode example 0 depends on the rest of the batch; in eval mode it does not.
+  other = _random_batch(config, seed=1)
+  mixed = {k: np.concatenate([batch[k][:1], other[k][1:]]) for k in batch}
+  _, out_mixed, _, _ = train_step(variables['params'], bs, mixed, rng)
+  assert not np.allclose(out['logits'][0], out_mixed['logits'][0], atol=1e-6)
+  ev = model.apply(variables, batch, train=False)['logits']
+  ev_mixed = model.apply(variables, mixed, train=False)['logits']
+  np.testing.assert_allclose(ev[0], ev_mixed[0], rtol=1e-4, atol=1e-5)
+  # Eval mode is deterministic.
+  np.testing.assert_allclose(ev, model.apply(variables, batch, train=False)['logits'])
+
+
+def test_registry_and_presets():
+  for paper in PAPERS:
+    assert paper in models.names()
+    for preset in ('synthetic', 'tiny', 'paper_shapes'):
+      c = _config(paper, preset)
+      assert c.input.example_shapes, (paper, preset)
+  assert _config('mmt_ca', 'synthetic').dataset.name == 'synthetic_av/default'
+  assert _config('attsf_net', 'ravdess').optim.schedule == 'step'
+  assert _config('attsf_net', 'ravdess+no_sim').loss.lambda_sim == 0.0
+  assert not _config('ofcmaer_cat', 'iemocap+cnn_only').model.use_cmaa
+  assert _config('tucker_fusion', 'paper_shapes').input.example_shapes['video'] == (90, 224, 224, 3)
+
+
+def test_mmt_ca_unimodal_heads_and_single_images():
+  face = _config('mmt_ca', 'tiny+face')
+  rng = np.random.default_rng(0)
+  # A FER+-like batch: one image per example, no audio.
+  batch = {'video': rng.integers(0, 256, (B, 1, 32, 32, 3), dtype=np.uint8),
+           'label': np.zeros((B,), np.int32), 'valid': np.ones((B,), np.float32)}
+  batch['mask'] = bc.presence_mask(batch.keys(), B)
+  model = models.build(face.model, 6)
+  variables = _init(model, batch)
+  out = model.apply(variables, batch, train=False)
+  chex.assert_shape(out['logits'], (B, 6))
+  assert 'audio_logits' not in out
+  # Images without a time axis are a sequence of one.
+  flat = dict(batch, video=batch['video'][:, 0])
+  np.testing.assert_allclose(model.apply(variables, flat, train=False)['logits'], out['logits'],
+                             rtol=1e-5, atol=1e-6)
+  # The face-only parameters restore into the fused model's face branch.
+  fb = _random_batch(_config('mmt_ca', 'tiny'))
+  fused_vars = _init(models.build(_config('mmt_ca', 'tiny').model, 6), fb)
+  for name in ('face_cnn', 'face_encoder', 'face_classifier'):
+    chex.assert_trees_all_equal_shapes(variables['params'][name], fused_vars['params'][name])
+  # Late fusion with the video masked equals the audio head's decision.
+  late_cfg = _config('mmt_ca', 'tiny+late')
+  late = models.build(late_cfg.model, 6)
+  lv = _init(late, fb)
+  masked = bc.mask_modalities(fb, ['video'])
+  out = late.apply(lv, masked, train=False)
+  np.testing.assert_allclose(out['logits'], jax.nn.log_softmax(out['audio_logits']),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_ofcmaer_three_modalities_and_missing_one():
+  config = _config('ofcmaer_cat')
+  config.model.modalities = ('audio', 'video', 'physio')
+  config.input.example_shapes = dict(config.input.example_shapes.to_dict(), physio=(40, 6))
+  batch = _random_batch(config)
+  batch['mask'][1:, bc.modality_index('physio')] = 0.0
+  for head in ('projection', 'concat'):
+    config.model.head = head
+    model = models.build(config.model, 6)
+    variables = _init(model, batch)
+    out = model.apply(variables, batch, train=False)
+    chex.assert_shape(out['logits'], (B, 6))
+    w = np.asarray(out['modality_weights'])
+    chex.assert_shape(w, (B, 3))
+    np.testing.assert_array_equal(w[1:, 2], 0.0)
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-6)
+    assert np.all(w[0] > 0)
+
+
+def test_attsf_fusion_variants_and_ablations():
+  for arg in ('tiny+gat', 'tiny+l2', 'tiny+no_sab', 'tiny+no_audio_aux+linear'):
+    config = _config('attsf_net', arg)
+    model = models.build(config.model, 6)
+    batch = _random_batch(config)
+    variables = _init(model, batch)
+    out = model.apply(variables, batch, train=False)
+    chex.assert_shape(out['logits'], (B, 6))
+    assert ('sab_token' in out) == config.model.use_sab
+    assert ('audio_aux_logits' in out) == config.model.use_audio_aux
+    loss, aux = models.get('attsf_net').loss_fn(out, batch, config.loss)
+    assert np.isfinite(float(loss))
+    assert ('L_sim' in aux) == config.model.use_sab
+
+
+def test_tucker_model_naive_path_matches():
+  config = _config('tucker_fusion')
+  batch = _random_batch(config)
+  fast = models.build(config.model, 6)
+  variables = _init(fast, batch)
+  naive = models.build(_config('tucker_fusion', 'tiny+naive').model, 6)
+  np.testing.assert_allclose(fast.apply(variables, batch, train=False)['logits'],
+                             naive.apply(variables, batch, train=False)['logits'],
+                             rtol=1e-4, atol=1e-5)
+
+
+def _torch_layout(variables, stage_sizes):
+  """Inverse of resnet_import.convert_resnet_state_dict (for a torch-free round trip)."""
+  p, s = variables['params'], variables['batch_stats']
+  sd = {}
+  conv = lambda k: np.transpose(np.asarray(k['kernel']), (3, 2, 0, 1))
+
+  def bn(prefix, pp, ss):
+    sd.update({prefix + '.weight': np.asarray(pp['scale']), prefix + '.bias': np.asarray(pp['bias']),
+               prefix + '.running_mean': np.asarray(ss['mean']),
+               prefix + '.running_var': np.asarray(ss['var'])})
+
+  sd['conv1.weight'] = conv(p['conv1'])
+  bn('bn1', p['bn1'], s['bn1'])
+  for i, n in enumerate(stage_sizes):
+    for j in range(n):
+      name, tp = f'layer{i + 1}_{j}', f'layer{i + 1}.{j}'
+      sd[tp + '.conv1.weight'], sd[tp + '.conv2.weight'] = conv(p[name]['conv1']), conv(p[name]['conv2'])
+      bn(tp + '.bn1', p[name]['bn1'], s[name]['bn1'])
+      bn(tp + '.bn2', p[name]['bn2'], s[name]['bn2'])
+      if 'downsample_conv' in p[name]:
+        sd[tp + '.downsample.0.weight'] = conv(p[name]['downsample_conv'])
+        bn(tp + '.downsample.1', p[name]['downsample_bn'], s[name]['downsample_bn'])
+  sd['fc.weight'], sd['fc.bias'] = np.asarray(p['fc']['kernel']).T, np.asarray(p['fc']['bias'])
+  return sd
+
+
+def test_resnet_import_round_trip(tmp_path):
+  from mer_jax.models import resnet, resnet_import
+  net = resnet.ResNet((1, 1), (8, 16), num_classes=5)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 3)), jnp.float32)
+  variables = net.init(jax.random.PRNGKey(0), x, train=False)
+  path = str(tmp_path / 'sd.npz')
+  np.savez(path, **_torch_layout(variables, (1, 1)))
+  loaded = resnet_import.load_torchvision_resnet(path, stage_sizes=(1, 1))
+  chex.assert_trees_all_close(loaded, jax.device_get(variables))
+
+
+def test_resnet18_matches_torchvision(tmp_path):
+  try:
+    import torch
+    import torchvision
+  except ImportError as e:
+    pytest.skip(f'torch/torchvision not installed ({e}); the converter itself needs neither')
+  from mer_jax.models import resnet, resnet_import
+  torch.manual_seed(0)
+  tnet = torchvision.models.resnet18(weights=None).eval()
+  # Non-trivial running statistics so that BatchNorm conversion is exercised.
+  for m in tnet.modules():
+    if isinstance(m, torch.nn.BatchNorm2d):
+      m.running_mean.uniform_(-0.5, 0.5)
+      m.running_var.uniform_(0.5, 1.5)
+  path = str(tmp_path / 'resnet18.pth')
+  torch.save(tnet.state_dict(), path)
+  variables = resnet_import.load_torchvision_resnet(path)
+  image = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+  with torch.no_grad():
+    want = tnet(torch.from_numpy(image)).numpy()
+  got = resnet.resnet18(1000).apply(variables, jnp.asarray(image.transpose(0, 2, 3, 1)),
+                                    train=False)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-3, atol=1e-3)
