@@ -47,3 +47,13 @@ def maybe_initialize_distributed(coordinator: str, num_processes: int, process_i
   if jax.config.jax_platforms in (None, '', 'cpu') or 'cpu' in str(jax.config.jax_platforms):
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(coordinator, num_processes, process_id)
+
+
+def to_host(tree):
+  """Replicated (or process-local) jax.Arrays -> numpy, also in multi-process runs,
+  where `jax.device_get` refuses arrays spanning other processes' devices."""
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+  return jax.tree.map(get, tree)

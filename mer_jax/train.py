@@ -171,7 +171,7 @@ class Trainer:
     cm = np.zeros((self.num_classes, self.num_classes), np.float64)
     loss_sum = count = 0.0
     for batch in input_pipeline.as_numpy(ds):
-      out = jax.device_get(self.eval_step(state, sharding.place_batch(batch, self.mesh)))
+      out = sharding.to_host(self.eval_step(state, sharding.place_batch(batch, self.mesh)))
       cm += out['confusion']
       loss_sum += float(out['loss_sum'])
       count += float(out['count'])
@@ -209,7 +209,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.info('Resumed from step %d (epoch %d)', int(state.step), meta['epoch'])
   writer = writers.MetricWriter(workdir, enabled=is_main)
   spe, total = trainer.steps_per_epoch, trainer.total_steps
-  step = int(jax.device_get(state.step))
+  step = int(sharding.to_host(state.step))
   logging.info('%s: %d parameters, %d steps/epoch, %d steps, global batch %d on %d devices',
                config.model.name, trainer.param_count(), spe, total, config.input.batch_size,
                trainer.mesh.devices.size)
@@ -233,7 +233,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     pending.append(step_metrics)
     epoch_end = step % spe == 0 or step == total
     if step % cfg.log_every_steps == 0 or epoch_end:
-      host = jax.device_get(pending)
+      host = sharding.to_host(pending)
       mean = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
       mean['steps_per_s'] = progress.rate()
       mean['step_time_ms'] = 1000.0 / mean['steps_per_s'] if mean['steps_per_s'] > 0 else 0.0

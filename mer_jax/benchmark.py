@@ -1,0 +1,147 @@
+"""Training-step throughput of a config at its example shapes, without data.
+
+  python -m mer_jax.benchmark --config=configs/avt_ca.py:paper_shapes
+  python -m mer_jax.benchmark --config=configs/avt_ca.py:paper_shapes --impls=xla,matmul
+
+Prints parameter count, compile time, steady-state step time (median and
+spread over repeats), samples/s and XLA's memory analysis of the train step.
+`--save=FILE` writes the figures as JSON; `--compare=FILE` prints a saved run
+beside this one.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mer_jax import models, optim, sharding, train
+
+
+def random_batch(config, batch_size: int, seed: int = 0) -> dict:
+  """Random inputs of the configured example shapes (labels over all classes)."""
+  batch = train.example_batch(config, batch_size)
+  rng = np.random.default_rng(seed)
+  for k, v in batch.items():
+    if k in ('mask', 'valid'):
+      continue
+    if k == 'label':
+      batch[k] = rng.integers(0, config.dataset.num_classes, v.shape).astype(np.int32)
+    elif v.dtype == np.uint8:
+      batch[k] = rng.integers(0, 256, v.shape, dtype=np.uint8)
+    else:
+      batch[k] = rng.normal(size=v.shape).astype(np.float32)
+  return batch
+
+
+def benchmark_train_step(config, batch_size: int | None = None, repeats: int = 5,
+                         warmup: int = 1) -> dict:
+  """Compiles and times the jitted data-parallel train step of `config`."""
+  batch_size = batch_size or config.input.batch_size
+  mesh = sharding.make_mesh()
+  model = models.build(config.model, config.dataset.num_classes)
+  entry = models.get(config.model.name)
+  tx, schedule = optim.make_optimizer(config.optim, 100, 10_000)
+  host_batch = random_batch(config, batch_size)
+  state = train.create_train_state(config, model, host_batch, tx, mesh)
+  masked = tuple(s for s in str(config.get('mask_modalities', '')).split(',') if s)
+  step_fn = train.make_train_step(entry.loss_fn, config.loss, masked, schedule)
+  repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  jitted = jax.jit(step_fn, in_shardings=(repl, data), out_shardings=(repl, repl),
+                   donate_argnums=(0,))
+  batch = sharding.place_batch(host_batch, mesh)
+  t0 = time.perf_counter()
+  compiled = jitted.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  times = []
+  for i in range(warmup + repeats):
+    t0 = time.perf_counter()
+    state, out = compiled(state, batch)
+    jax.block_until_ready(out['loss'])
+    if i >= warmup:
+      times.append(time.perf_counter() - t0)
+  med = statistics.median(times)
+  result = {
+      'model': config.model.name,
+      'impl': config.model.get('impl', '-'),
+      'batch_size': batch_size,
+      'input_shapes': {k: list(v.shape[1:]) for k, v in host_batch.items()
+                       if k not in ('label', 'mask', 'valid')},
+      'num_params': int(sum(x.size for x in jax.tree.leaves(state.params))),
+      'compile_s': compile_s,
+      'step_s_median': med,
+      'step_s_min': min(times),
+      'step_s_max': max(times),
+      'samples_per_s': batch_size / med,
+      'devices': f'{jax.device_count()}x {jax.devices()[0].device_kind}',
+      'loss_finite': bool(np.isfinite(float(out['loss']))),
+  }
+  if mem is not None:
+    for field in ('argument_size_in_bytes', 'output_size_in_bytes', 'temp_size_in_bytes',
+                  'generated_code_size_in_bytes'):
+      result[field] = int(getattr(mem, field, 0) or 0)
+  return result
+
+
+def format_rows(rows: list[dict]) -> str:
+  cols = [('model', 'model', '{}'), ('impl', 'impl', '{}'), ('batch', 'batch_size', '{}'),
+          ('params', 'num_params', '{:,}'), ('compile s', 'compile_s', '{:.1f}'),
+          ('step s (median)', 'step_s_median', '{:.3f}'),
+          ('step s (min-max)', None, None), ('samples/s', 'samples_per_s', '{:.2f}'),
+          ('temp MiB', 'temp_size_in_bytes', None)]
+  head = '| ' + ' | '.join(c[0] for c in cols) + ' |'
+  lines = [head, '|' + '---|' * len(cols)]
+  for r in rows:
+    cells = []
+    for name, key, fmt in cols:
+      if name == 'step s (min-max)':
+        cells.append(f"{r['step_s_min']:.3f}-{r['step_s_max']:.3f}")
+      elif name == 'temp MiB':
+        cells.append(f"{r.get('temp_size_in_bytes', 0) / 2**20:.0f}")
+      else:
+        cells.append(fmt.format(r[key]))
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  from absl import flags
+  from mer_jax import log
+  log.quiet_libraries()
+  FLAGS = flags.FLAGS
+  config = FLAGS.config
+  rows = []
+  for impl in [s for s in FLAGS.impls.split(',') if s] or [config.model.get('impl', 'auto')]:
+    cfg = config.copy_and_resolve_references()
+    if 'impl' in cfg.model:
+      cfg.model.impl = impl
+    rows.append(benchmark_train_step(cfg, FLAGS.batch_size or None, FLAGS.repeats))
+  if FLAGS.compare:
+    with open(FLAGS.compare) as f:
+      old = json.load(f)
+    for r in old:
+      r['model'] = f"{r['model']} (saved)"
+    rows = old + rows
+  print(f"devices: {rows[-1]['devices']}; inputs per example: {rows[-1]['input_shapes']}")
+  print(format_rows(rows))
+  if FLAGS.save:
+    with open(FLAGS.save, 'w') as f:
+      json.dump([r for r in rows if not r['model'].endswith('(saved)')], f, indent=2)
+
+
+if __name__ == '__main__':
+  from absl import app, flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file('config', None, 'Config file with a preset.', lock_config=False)
+  flags.DEFINE_integer('batch_size', 0, 'Batch size (default: the config\'s).')
+  flags.DEFINE_integer('repeats', 5, 'Timed steps after one warm-up step.')
+  flags.DEFINE_string('impls', '', "Comma-separated conv implementations to compare, e.g. 'xla,matmul'.")
+  flags.DEFINE_string('save', '', 'Write the figures to this JSON file.')
+  flags.DEFINE_string('compare', '', 'A JSON file from --save to print beside this run.')
+  flags.mark_flags_as_required(['config'])
+  app.run(main)

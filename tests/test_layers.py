@@ -1,0 +1,52 @@
+"""The CPU-fast formulations equal XLA's convolution and pooling exactly."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mer_jax.models import layers
+
+
+@pytest.mark.parametrize('stride,size', [(1, 7), (2, 8), (2, 9)])
+def test_depthwise_shifted_equals_xla(stride, size):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, 5))
+  mods = {impl: layers.DepthwiseConv(3, stride, impl=impl) for impl in ('xla', 'matmul')}
+  params = mods['xla'].init(jax.random.PRNGKey(1), x)
+  a = mods['xla'].apply(params, x)
+  b = mods['matmul'].apply(params, x)
+  assert a.shape == b.shape == (2, -(-size // stride), -(-size // stride), 5)
+  np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_pointwise_einsum_equals_xla():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 7))
+  m_xla, m_mm = layers.PointwiseConv(11, impl='xla'), layers.PointwiseConv(11, impl='matmul')
+  params = m_xla.init(jax.random.PRNGKey(1), x)
+  np.testing.assert_allclose(m_xla.apply(params, x), m_mm.apply(params, x), atol=1e-5)
+
+
+@pytest.mark.parametrize('size', [8, 9, 112])
+def test_max_pool_shifted_equals_reduce_window(size):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, 3))
+  a = layers.max_pool_2d(x, 3, 2, impl='xla')
+  b = layers.max_pool_2d(x, 3, 2, impl='matmul')
+  np.testing.assert_array_equal(a, b)
+  ga = jax.grad(lambda x: jnp.sum(layers.max_pool_2d(x, 3, 2, impl='xla') ** 2))(x)
+  gb = jax.grad(lambda x: jnp.sum(layers.max_pool_2d(x, 3, 2, impl='matmul') ** 2))(x)
+  np.testing.assert_allclose(ga, gb, atol=1e-6)
+
+
+def test_attention_mask_hides_positions():
+  mha = layers.MultiHeadAttention(2)
+  q = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 8))
+  kv = jax.random.normal(jax.random.PRNGKey(1), (1, 5, 8))
+  params = mha.init(jax.random.PRNGKey(2), q, kv, False)
+  mask = jnp.array([[1, 1, 1, 0, 0]])
+  _, w = mha.apply(params, q, kv, False, kv_mask=mask, return_weights=True)
+  np.testing.assert_allclose(w[..., 3:], 0.0, atol=1e-7)
+  np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-6)
+  # Changing hidden positions leaves the output unchanged.
+  kv2 = kv.at[:, 3:].set(100.0)
+  np.testing.assert_allclose(mha.apply(params, q, kv, False, kv_mask=mask),
+                             mha.apply(params, q, kv2, False, kv_mask=mask), atol=1e-5)

@@ -1,0 +1,123 @@
+"""The training loop: learning, exact resume after a kill, device-count invariance,
+multi-process runs."""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _env(**extra):
+  env = dict(os.environ)
+  env['PYTHONPATH'] = str(ROOT) + os.pathsep + env.get('PYTHONPATH', '')
+  env.update(extra)
+  return env
+
+
+def _main_cmd(workdir, data_dir, *overrides):
+  return [sys.executable, '-m', 'mer_jax.main', '--config=configs/avt_ca.py:tiny',
+          f'--workdir={workdir}', f'--config.dataset.data_dir={data_dir}', *overrides]
+
+
+def _run(cmd, **env):
+  proc = subprocess.run(cmd, cwd=ROOT, env=_env(**env), capture_output=True, text=True,
+                        timeout=900)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return proc
+
+
+def _results(workdir):
+  with open(os.path.join(workdir, 'results.json')) as f:
+    return json.load(f)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tiny_data_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  _run(_main_cmd(workdir, tiny_data_dir))
+  return workdir
+
+
+def test_training_lowers_loss_and_writes_results(uninterrupted):
+  res = _results(uninterrupted)
+  for split in ('val', 'test'):
+    for key in ('accuracy', 'macro_precision', 'macro_recall', 'macro_f1', 'uar',
+                'confusion_matrix'):
+      assert key in res[split]
+    assert np.sum(res[split]['confusion_matrix']) == res[split]['num_examples']
+  assert res['steps'] == 18 and res['train_time_s'] > 0
+  lines = [json.loads(l) for l in open(os.path.join(uninterrupted, 'metrics.jsonl'))]
+  train_loss = [l['loss'] for l in lines if l['kind'] == 'train']
+  assert np.mean(train_loss[-2:]) < train_loss[0], train_loss
+  assert any(l['kind'] == 'val' for l in lines)
+  assert list(pathlib.Path(uninterrupted, 'tensorboard').glob('events.out.tfevents.*'))
+
+
+def test_kill_and_resume_matches_uninterrupted(uninterrupted, tiny_data_dir, tmp_path):
+  workdir = tmp_path / 'killed'
+  latest = workdir / 'checkpoints' / 'latest'
+  proc = subprocess.Popen(_main_cmd(workdir, tiny_data_dir), cwd=ROOT, env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 600
+  killed_at = None
+  while time.time() < deadline and proc.poll() is None:
+    steps = [int(p.name) for p in latest.glob('*') if p.name.isdigit()] if latest.exists() else []
+    if steps and max(steps) >= 8:  # mid-run: past the first epoch's checkpoint
+      proc.send_signal(signal.SIGKILL)
+      killed_at = max(steps)
+      break
+    time.sleep(0.2)
+  proc.wait()
+  assert killed_at is not None, 'the run finished or stalled before it could be killed'
+  assert not (workdir / 'results.json').exists()
+  _run(_main_cmd(workdir, tiny_data_dir))
+  a, b = _results(uninterrupted), _results(workdir)
+  assert b['steps'] == a['steps']
+  for split in ('val', 'test'):
+    assert a[split]['confusion_matrix'] == b[split]['confusion_matrix']
+    assert a[split]['loss'] == pytest.approx(b[split]['loss'], rel=1e-5)
+
+
+def test_one_and_eight_devices_give_the_same_loss():
+  outs = {}
+  for n in (1, 8):
+    proc = _run([sys.executable, str(ROOT / 'tests' / 'loss_on_devices.py')],
+                XLA_FLAGS=f'--xla_force_host_platform_device_count={n}', JAX_PLATFORMS='cpu')
+    outs[n] = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert outs[1]['devices'] == 1 and outs[8]['devices'] == 8
+  np.testing.assert_allclose(outs[1]['losses'], outs[8]['losses'], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(outs[1]['grad_norm'], outs[8]['grad_norm'], rtol=1e-4)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_together(tiny_data_dir, tmp_path):
+  """Two local CPU processes joined by jax.distributed train one model."""
+  port = _free_port()
+  workdir = tmp_path / 'multiprocess'
+  procs = [subprocess.Popen(
+      _main_cmd(workdir, tiny_data_dir, '--config.train.max_steps=4',
+                f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+                f'--process_id={i}'),
+      cwd=ROOT, env=_env(JAX_PLATFORMS='cpu'), stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=900)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-4000:]
+  res = _results(workdir)
+  assert res['steps'] == 4
+  assert res['test']['num_examples'] == 36  # each example once across both processes
+  assert 'on 2 devices' in outs[0]
