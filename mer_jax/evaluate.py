@@ -123,13 +123,14 @@ def attention_maps(trainer, state, batch: dict) -> tuple[dict, np.ndarray]:
 
 def evaluate_checkpoint(config, workdir: str, split: str = 'test', checkpoint: str = 'best',
                         data_dir: str = '', dataset: str = '', example_index: int = -1,
-                        figures: bool = True) -> dict:
+                        figures: bool = True, trainer=None) -> dict:
   """Restores the best / latest / given-step checkpoint and scores `split`.
 
   Writes the metrics JSON, the per-class report, the confusion-matrix PNG and
   (with `example_index` >= 0 on a model that sows attention) the attention PNG.
+  `trainer`: a `train.Trainer` of the same config to reuse (saves its compile).
   """
-  trainer = train.Trainer(config, workdir)
+  trainer = trainer or train.Trainer(config, workdir)
   state = restore(trainer, workdir, checkpoint)
   builder = _builder_for(config, trainer, data_dir, dataset)
   result = trainer.evaluate(state, split, builder=builder)
@@ -194,22 +195,27 @@ def robustness_conditions(rates=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
 
 
 def robustness_sweep(config, workdir: str, conditions=None, split: str = 'test',
-                     checkpoint: str = 'best') -> list[dict]:
+                     checkpoint: str = 'best', trainer=None) -> list[dict]:
   """Scores one checkpoint under every corruption condition; one Trainer, one jit per condition."""
   from mer_jax import models
   conditions = conditions or robustness_conditions()
-  trainer = train.Trainer(config, workdir)
+  trainer = trainer or train.Trainer(config, workdir)
+  clean_step = trainer.eval_step
   state = restore(trainer, workdir, checkpoint)
   entry = models.get(config.model.name)
   repl, data = sharding.replicated(trainer.mesh), sharding.batch_sharded(trainer.mesh)
   rows = []
   for cond in conditions:
-    trainer.eval_step = jax.jit(
-        train.make_eval_step(entry.loss_fn, config.loss, trainer.masked, trainer.num_classes,
-                             corruption.settings(cond)),
-        in_shardings=(repl, data), out_shardings=repl)
+    if not corruption.settings(cond) and not corruption.settings(config.get('corrupt')):
+      trainer.eval_step = clean_step  # already compiled when the trainer was used before
+    else:
+      trainer.eval_step = jax.jit(
+          train.make_eval_step(entry.loss_fn, config.loss, trainer.masked, trainer.num_classes,
+                               corruption.settings(cond)),
+          in_shardings=(repl, data), out_shardings=repl)
     m = trainer.evaluate(state, split)
     rows.append(dict(cond, **{k: m[k] for k in metrics_lib.METRIC_NAMES}, loss=m['loss']))
     logging.info('%s %s rate %.1f: accuracy %.4f', cond['kind'], cond['modality'] or 'none',
                  cond['rate'], m['accuracy'])
+  trainer.eval_step = clean_step
   return rows
