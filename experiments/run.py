@@ -97,6 +97,8 @@ def config_args(exp: defs.Experiment, variant: defs.Variant, fold, seed) -> list
       args.append(f'--config.dataset.fold.group_key={p.group_key}')
   if FLAGS.data_dir:
     args.append(f'--config.dataset.data_dir={FLAGS.data_dir}')
+  if not FLAGS.preset:
+    args += [f'--config.{kv}' for kv in variant.dataset_overrides]
   args += [f'--config.{kv}' for kv in variant.overrides]
   args += [f'--config.{kv}' for kv in FLAGS.set]
   return args
