@@ -4,3 +4,6 @@ from data_pipelines.builders import synthetic_av  # noqa: F401
 from data_pipelines.builders import ravdess  # noqa: F401
 from data_pipelines.builders import crema_d  # noqa: F401
 from data_pipelines.builders import ferplus  # noqa: F401
+from data_pipelines.builders import iemocap  # noqa: F401
+from data_pipelines.builders import cmu_mosei  # noqa: F401
+from data_pipelines.builders import deap  # noqa: F401

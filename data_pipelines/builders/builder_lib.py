@@ -225,12 +225,20 @@ def build_splits(builder, module: str, func: str, items: Sequence, report: SkipR
   tf.io.gfile.makedirs(cache_dir)
   by_unit = {}
   name = builder.name + '/' + builder.builder_config.name
-  for i, (key, example) in enumerate(process_files(
-      module, func, items, builder.builder_config, f'{name} files', report, 'files')):
-    path = os.path.join(cache_dir, f'{i:07d}.pkl')
-    with open(path, 'wb') as f:
-      pickle.dump((key, example), f, protocol=pickle.HIGHEST_PROTOCOL)
-    by_unit.setdefault(unit_fn(example), []).append(path)
+  i = 0
+  for result in process_files(module, func, items, builder.builder_config, f'{name} files',
+                              report, 'files'):
+    # A work item gives one (key, example) or a list of them (e.g. windows).
+    for entry in (result if isinstance(result, list) else [result]):
+      if isinstance(entry, Skip):  # a bad part of a good file (e.g. one trial)
+        report.add('files', entry.path, entry.reason)
+        continue
+      key, example = entry
+      path = os.path.join(cache_dir, f'{i:08d}.pkl')
+      i += 1
+      with open(path, 'wb') as f:
+        pickle.dump((key, example), f, protocol=pickle.HIGHEST_PROTOCOL)
+      by_unit.setdefault(unit_fn(example), []).append(path)
   report.write(builder.data_dir)
   if not by_unit:
     shutil.rmtree(cache_dir, ignore_errors=True)

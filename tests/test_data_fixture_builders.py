@@ -1,0 +1,321 @@
+"""IEMOCAP, CMU-MOSEI and DEAP builders on small fixtures written by the tests
+in the official formats (EmoEvaluation text, SDK .csd HDF5, latin1 pickles)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import pickle
+import wave
+
+import numpy as np
+import pytest
+
+tfds = pytest.importorskip('tensorflow_datasets')
+
+from data_pipelines.builders import builder_lib  # noqa: E402
+from data_pipelines.builders import cmu_mosei  # noqa: E402
+from data_pipelines.builders import deap  # noqa: E402
+from data_pipelines.builders import iemocap  # noqa: E402
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data'
+
+
+@pytest.fixture(autouse=True)
+def _in_process(monkeypatch):
+  monkeypatch.setenv(builder_lib.WORKERS_ENV, '1')
+  monkeypatch.setenv('MER_JAX_NO_PROGRESS', '1')
+
+
+def _build(name, manual_dir, data_dir):
+  builder = tfds.builder(name, data_dir=str(data_dir))
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+  return builder
+
+
+def _examples(builder, split):
+  return {e['id'].decode(): e for e in tfds.as_numpy(builder.as_dataset(split=split))}
+
+
+def _skips(builder):
+  report = builder_lib.read_skip_report(builder.data_dir)
+  return [(s['path'], s['reason']) for v in report['skipped'].values() for s in v]
+
+
+# ----------------------------------------------------------------------------
+# IEMOCAP
+
+
+def _write_wav(path, seconds, freq, sr=16000):
+  t = np.arange(int(seconds * sr)) / sr
+  # A voiced-like tone with a slow envelope, not silence.
+  x = 0.3 * np.sin(2 * np.pi * freq * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with wave.open(str(path), 'wb') as w:
+    w.setnchannels(1)
+    w.setsampwidth(2)
+    w.setframerate(sr)
+    w.writeframes((x * 32767).astype('<i2').tobytes())
+
+
+def _write_dialog_avi(path, face_frames, fps=10):
+  """Two speakers side by side: the face on the left, its mirror on the right."""
+  import av
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with av.open(str(path), 'w', format='avi') as out:
+    stream = out.add_stream('mpeg4', rate=fps)
+    h, w = face_frames.shape[1:3]
+    stream.width, stream.height, stream.pix_fmt = 2 * w, h, 'yuv420p'
+    for f in face_frames:
+      frame = np.concatenate([f, f[:, ::-1]], axis=1)
+      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')):
+        out.mux(packet)
+    for packet in stream.encode():
+      out.mux(packet)
+
+
+EMO_HEADER = '% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n'
+
+
+def _utterance(start, end, utt, label, vad=(2.5, 2.5, 2.5)):
+  return (f'[{start:.4f} - {end:.4f}]\t{utt}\t{label}\t[{vad[0]:.4f}, {vad[1]:.4f}, '
+          f'{vad[2]:.4f}]\nC-E2:\tNeutral;\t()\nC-E3:\tNeutral;\t()\n'
+          'A-E3:\tval 3; act 2; dom  2;\t()\n\n')
+
+
+@pytest.fixture
+def iemocap_dir(tmp_path):
+  root = tmp_path / 'IEMOCAP_full_release'
+  s1 = root / 'Session1'
+  d1 = 'Ses01F_impro01'
+  utts = [(0.5, 1.5, f'{d1}_F000', 'neu', (2.5, 2.0, 2.0)),
+          (1.6, 2.8, f'{d1}_M000', 'exc', (4.0, 3.5, 3.0)),
+          (2.9, 3.5, f'{d1}_F001', 'fru', (2.0, 3.0, 3.0)),
+          (3.5, 3.9, f'{d1}_M001', 'xxx', (2.0, 3.0, 3.0)),
+          (0.2, 0.9, f'{d1}_F002', 'sad', (1.5, 2.0, 2.0))]  # wav missing
+  (s1 / 'dialog' / 'EmoEvaluation' / 'Categorical').mkdir(parents=True)
+  (s1 / 'dialog' / 'EmoEvaluation' / f'{d1}.txt').write_text(
+      EMO_HEADER + ''.join(_utterance(*u) for u in utts))
+  (s1 / 'dialog' / 'EmoEvaluation' / 'Categorical' / f'{d1}_e1_cat.txt').write_text('x\n')
+  (s1 / 'dialog' / 'EmoEvaluation' / 'Ses01F_impro02.txt').write_text(
+      EMO_HEADER + '[1.0 - 2.0]\tSes01F_impro02_F000\tneu\n')  # malformed: no [V, A, D]
+  (s1 / 'dialog' / 'transcriptions').mkdir(parents=True)
+  (s1 / 'dialog' / 'transcriptions' / f'{d1}.txt').write_text(
+      f'{d1}_F000 [000.5000-001.5000]: Excuse me.\n'
+      f'{d1}_M000 [001.6000-002.8000]: Do you have your forms?\n')
+  for i, (_, _, utt, _, _) in enumerate(utts[:4]):
+    _write_wav(s1 / 'sentences' / 'wav' / d1 / f'{utt}.wav', 1.2, 180 + 40 * i)
+  s5 = root / 'Session5'
+  d5 = 'Ses05M_script01_1'
+  (s5 / 'dialog' / 'EmoEvaluation').mkdir(parents=True)
+  (s5 / 'dialog' / 'EmoEvaluation' / f'{d5}.txt').write_text(
+      EMO_HEADER + _utterance(0.3, 1.3, f'{d5}_F000', 'ang', (1.0, 4.5, 4.0)) +
+      _utterance(1.5, 2.5, f'{d5}_M000', 'hap', (4.5, 3.0, 3.0)))
+  for i, utt in enumerate([f'{d5}_F000', f'{d5}_M000']):
+    _write_wav(s5 / 'sentences' / 'wav' / d5 / f'{utt}.wav', 1.0, 220 + 60 * i)
+  # Dialog videos from the real RAVDESS face (when the samples are here).
+  from data_pipelines.features import media
+  mp4 = SHARED_DATA / 'ravdess/Video_Speech_Actor_01/Actor_01/01-01-01-01-01-01-01.mp4'
+  if not mp4.exists():
+    return root  # no dialog videos: the video build test skips
+  frames, _ = media.decode_video(mp4, num_frames=40)
+  faces = np.stack([f[60:660, 340:940] for f in frames])  # 600x600 around the face
+  import cv2
+  faces = np.stack([cv2.resize(f, (200, 200), interpolation=cv2.INTER_AREA) for f in faces])
+  _write_dialog_avi(s1 / 'dialog' / 'avi' / 'DivX' / f'{d1}.avi', faces)
+  _write_dialog_avi(s5 / 'dialog' / 'avi' / 'DivX' / f'{d5}.avi', faces)
+  return root
+
+
+def test_iemocap_parsing(iemocap_dir):
+  path = iemocap_dir / 'Session1/dialog/EmoEvaluation/Ses01F_impro01.txt'
+  heads = iemocap.parse_emo_evaluation(path)
+  assert [h['id'] for h in heads][:2] == ['Ses01F_impro01_F000', 'Ses01F_impro01_M000']
+  assert heads[1]['start'] == 1.6 and heads[1]['label'] == 'exc' and heads[1]['vad'] == [4, 3.5, 3]
+  who = iemocap.parse_utterance_id('Ses05M_script01_1_F000')
+  assert who == {'session': 5, 'dialog': 'Ses05M_script01_1', 'gender': 'F', 'speaker': 8}
+  assert iemocap.parse_utterance_id('Ses01F_impro05_M003')['speaker'] == 1
+  with pytest.raises(ValueError):
+    iemocap.parse_utterance_id('Ses06F_impro01_F000')
+
+
+@pytest.mark.parametrize('label_map,expected', [
+    ('4class', {'Ses01F_impro01_F000': 'neutral', 'Ses01F_impro01_M000': 'happy',
+                'Ses05M_script01_1_F000': 'angry', 'Ses05M_script01_1_M000': 'happy'}),
+    ('6class', {'Ses01F_impro01_F000': 'neutral', 'Ses01F_impro01_M000': 'excited',
+                'Ses01F_impro01_F001': 'frustrated', 'Ses05M_script01_1_F000': 'angry',
+                'Ses05M_script01_1_M000': 'happy'}),
+    ('9class', {'Ses01F_impro01_F000': 'neutral', 'Ses01F_impro01_M000': 'excited',
+                'Ses01F_impro01_F001': 'frustrated', 'Ses05M_script01_1_F000': 'angry',
+                'Ses05M_script01_1_M000': 'happy'}),
+])
+def test_iemocap_label_maps(iemocap_dir, label_map, expected):
+  cfg = iemocap.IemocapConfig(name='t', label_map=label_map, with_video=False, video=None)
+  items, bad = iemocap.collect_items(str(iemocap_dir), cfg)
+  names = iemocap.LABEL_MAPS[label_map][0]
+  assert {i['id']: names[i['label']] for i in items} == expected
+  assert {i['id']: i['side'] for i in items}['Ses01F_impro01_M000'] == 'right'
+  assert {i['id']: i['side'] for i in items}['Ses01F_impro01_F000'] == 'left'
+  reasons = ' '.join(r for _, r in bad)
+  assert 'malformed header' in reasons and 'wav missing' in reasons
+
+
+def test_iemocap_build_av_text(iemocap_dir, tmp_path):
+  if not (iemocap_dir / 'Session1/dialog/avi/DivX/Ses01F_impro01.avi').exists():
+    pytest.skip(f'dialog videos are made from the RAVDESS sample mp4, absent from {SHARED_DATA}')
+  builder = _build('iemocap/4class_small', iemocap_dir, tmp_path / 'out')
+  assert set(builder.info.splits.keys()) == {'train', 'test'}  # sessions 1 and 5
+  train, test = _examples(builder, 'train'), _examples(builder, 'test')
+  assert set(train) == {'Ses01F_impro01_F000', 'Ses01F_impro01_M000'}
+  assert set(test) == {'Ses05M_script01_1_F000', 'Ses05M_script01_1_M000'}
+  f0, m0 = train['Ses01F_impro01_F000'], train['Ses01F_impro01_M000']
+  assert (f0['label'], f0['speaker'], f0['session']) == (0, 0, 1)
+  assert (m0['label'], m0['speaker']) == (1, 1)
+  assert test['Ses05M_script01_1_M000']['speaker'] == 9
+  np.testing.assert_allclose(m0['vad'], [4.0, 3.5, 3.0])
+  assert f0['transcript'].decode() == 'Excuse me.'
+  assert f0['text'].shape == (6, 8) and np.count_nonzero(f0['text'].any(axis=1)) == 2
+  assert not test['Ses05M_script01_1_F000']['text'].any()  # no transcript file
+  assert f0['audio'].shape == (100, 13) and f0['video'].shape == (3, 32, 32, 3)
+  # Faces were found in both halves (the actress left, the actor right by default).
+  assert f0['video'].std() > 10 and m0['video'].std() > 10
+  skipped = _skips(builder)
+  assert any('malformed header' in r for _, r in skipped)
+  assert any('wav missing' in r for _, r in skipped)
+
+
+# ----------------------------------------------------------------------------
+# CMU-MOSEI
+
+
+def _write_csd(path, root, data, dim_names=None):
+  import h5py
+  with h5py.File(path, 'w') as f:
+    g = f.create_group(root)
+    d = g.create_group('data')
+    for vid, (feats, ivs) in data.items():
+      v = d.create_group(vid)
+      v.create_dataset('features', data=np.asarray(feats, np.float32))
+      v.create_dataset('intervals', data=np.asarray(ivs, np.float64))
+    m = g.create_group('metadata')
+    m.attrs['root name'] = root
+    m.attrs['dimension names'] = json.dumps(dim_names or [])
+
+
+def _frames(start, end, rate, dim, seed):
+  n = int((end - start) * rate)
+  t = start + np.arange(n) / rate
+  rng = np.random.default_rng(seed)
+  return rng.standard_normal((n, dim)).astype(np.float32), np.stack([t, t + 1 / rate], 1)
+
+
+@pytest.fixture
+def mosei_dir(tmp_path):
+  root = tmp_path / 'mosei'
+  root.mkdir()
+  labels = {
+      # sentiment, happy, sad, anger, surprise, disgust, fear
+      'vidA': ([[1.0, 2.0, 0.3, 0, 0, 0, 0],  # happy
+                [-2.0, 0, 1.0, 1.0, 0, 0, 0],  # tie sad/anger: dropped
+                [0.0, 0, 0, 0, 0, 0, 0]],  # no emotion: dropped
+               [[0.0, 2.0], [2.0, 4.0], [4.0, 5.0]]),
+      'vidB': ([[-1.0, 0, 0, 0.6, 0, 1.3, 0]], [[0.5, 2.5]]),  # disgust
+      'vidC': ([[-0.5, 0, 0, 0, 0, 0, 2.7]], [[1.0, 3.0]]),  # fear
+      'vidD': ([[0.5, 1.0, 0, 0, 0, 0, 0]], [[0.0, 1.0]]),  # no audio sequence
+  }
+  _write_csd(root / 'CMU_MOSEI_Labels.csd', 'All Labels', labels)
+  cov = {v: _frames(0, 6, 100, 74, i) for i, v in enumerate(['vidA', 'vidB', 'vidC'])}
+  cov['vidA'][0][5, :3] = -np.inf  # COVAREP's unvoiced frames
+  _write_csd(root / 'CMU_MOSEI_COVAREP.csd', 'COVAREP', cov)
+  _write_csd(root / 'CMU_MOSEI_VisualFacet42.csd', 'FACET 4.2',
+             {v: _frames(0, 6, 30, 35, 10 + i) for i, v in enumerate(labels)})
+  _write_csd(root / 'CMU_MOSEI_TimestampedWordVectors.csd', 'glove_vectors',
+             {v: _frames(0, 6, 3, 300, 20 + i) for i, v in enumerate(labels)})
+  (root / 'standard_folds.json').write_text(json.dumps(
+      {'train': ['vidA', 'vidD'], 'valid': ['vidB'], 'test': ['vidC']}))
+  return root
+
+
+def test_mosei_emotion_class():
+  assert cmu_mosei.emotion_class([0, 0, 1.5, 0.2, 0, 0]) == 2
+  assert cmu_mosei.emotion_class([0] * 6) is None
+  assert cmu_mosei.emotion_class([0] * 6, zero_policy='neutral') == 6
+  assert cmu_mosei.emotion_class([1, 1, 0, 0, 0, 0]) is None
+  assert cmu_mosei.emotion_class([1, 1, 0, 0, 0, 0], tie_policy='first') == 0
+
+
+def test_mosei_build(mosei_dir, tmp_path):
+  builder = _build('cmu_mosei/emotions', mosei_dir, tmp_path / 'out')
+  train, val, test = (_examples(builder, s) for s in ('train', 'validation', 'test'))
+  assert list(train) == ['vidA[0]'] and list(val) == ['vidB[0]'] and list(test) == ['vidC[0]']
+  a = train['vidA[0]']
+  assert cmu_mosei.EMOTIONS[a['label']] == 'happy'
+  assert cmu_mosei.EMOTIONS[val['vidB[0]']['label']] == 'disgust'
+  assert cmu_mosei.EMOTIONS[test['vidC[0]']['label']] == 'fear'
+  np.testing.assert_allclose(a['soft_label'], np.array([2.0, 0.3, 0, 0, 0, 0]) / 2.3, atol=1e-6)
+  assert a['sentiment'] == 1.0
+  # 2 s of COVAREP at 100 Hz (+1 overlapping frame), padded to 500; -inf -> 0.
+  assert a['audio'].shape == (500, 74) and np.all(np.isfinite(a['audio']))
+  assert 200 <= np.count_nonzero(a['audio'].any(axis=1)) <= 201
+  assert a['audio'][5, :3].tolist() == [0, 0, 0]
+  assert a['video'].shape == (150, 35) and a['text'].shape == (50, 300)
+  assert any('no audio' in r for _, r in _skips(builder))
+
+
+def test_mosei_missing_sequence(mosei_dir, tmp_path):
+  (mosei_dir / 'CMU_MOSEI_COVAREP.csd').unlink()
+  builder = tfds.builder('cmu_mosei/emotions', data_dir=str(tmp_path / 'out'))
+  with pytest.raises(builder_lib.ManualDirError, match='CMU_MOSEI_COVAREP'):
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(mosei_dir)))
+
+
+# ----------------------------------------------------------------------------
+# DEAP
+
+
+def _write_deap(path, ratings, seed):
+  rng = np.random.default_rng(seed)
+  data = rng.standard_normal((len(ratings), 40, 8064)).astype(np.float32)
+  data[:, :, :384] += 100.0  # baseline segment, must be dropped
+  with open(path, 'wb') as f:
+    pickle.dump({'data': data, 'labels': np.asarray(ratings, np.float32)}, f, protocol=2)
+
+
+@pytest.fixture
+def deap_dir(tmp_path):
+  root = tmp_path / 'deap' / 'data_preprocessed_python'
+  root.mkdir(parents=True)
+  for s in range(1, 5):
+    _write_deap(root / f's{s:02d}.dat', [[7, 3, 5, 5], [5, 8, 5, 5], [2.0, 2.0, 1, 1]], s)
+  good = (root / 's04.dat').read_bytes()
+  (root / 's05.dat').write_bytes(good[:len(good) // 2])  # truncated pickle
+  (root / 'notes.dat').write_bytes(b'x')
+  return root.parent
+
+
+def test_deap_build(deap_dir, tmp_path):
+  builder = _build('deap/valence_arousal', deap_dir, tmp_path / 'out')
+  sizes = {k: v.num_examples for k, v in builder.info.splits.items()}
+  # 4 good subjects x 3 trials x 6 windows of 10 s: subjects 1-2 / 3 / 4.
+  assert sizes == {'train': 36, 'validation': 18, 'test': 18}
+  train = _examples(builder, 'train')
+  e = train['s01_t01_w00']
+  assert e['physio'].shape == (320, 40) and e['physio'].dtype == np.float32
+  assert abs(float(e['physio'].mean())) < 0.2  # baseline dropped, z-normalised
+  names = deap.LABEL_NAMES['valence_arousal']
+  assert names[e['label']] == 'high_valence_low_arousal'
+  assert names[train['s01_t02_w03']['label']] == 'low_valence_high_arousal'  # 5 is not high
+  assert names[train['s02_t03_w05']['label']] == 'low_valence_low_arousal'
+  assert {int(x['speaker']) for x in train.values()} == {1, 2}
+  reasons = dict(_skips(builder))
+  assert any('s05.dat' in p and 'pickle' in r for p, r in reasons.items())
+  assert any('notes.dat' in p for p in reasons)
+
+
+def test_deap_labels():
+  assert deap.label_of([6, 6, 1, 1], 'valence_arousal', 5) == 3
+  assert deap.label_of([6, 4, 1, 1], 'arousal', 5) == 0
+  with pytest.raises(ValueError):
+    deap.label_of([0, 4, 1, 1], 'valence', 5)
