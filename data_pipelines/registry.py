@@ -7,3 +7,4 @@ from data_pipelines.builders import ferplus  # noqa: F401
 from data_pipelines.builders import iemocap  # noqa: F401
 from data_pipelines.builders import cmu_mosei  # noqa: F401
 from data_pipelines.builders import deap  # noqa: F401
+from data_pipelines.builders import ravdess_ferplus  # noqa: F401

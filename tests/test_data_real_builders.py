@@ -293,3 +293,49 @@ def test_ferplus_from_csv_pair(shared_data, tmp_path):
   reasons = ' '.join(s['reason'] for v in builder_lib.read_skip_report(
       builder.data_dir)['skipped'].values() for s in v)
   assert 'misaligned' in reasons and '2304 values' in reasons
+
+
+# ----------------------------------------------------------------------------
+# RAVDESS + FER+ pairing
+
+
+def test_ravdess_ferplus_pairing(shared_data, tmp_path):
+  from data_pipelines.builders import ravdess_ferplus as rf
+  if not (shared_data / 'ferplus/FER2013Valid/label.csv').exists():
+    pytest.skip('FER+ samples absent')
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  # Two actors and 300 faces keep the test small.
+  _link_tree(shared_data / 'ravdess', manual / 'ravdess',
+             keep=lambda rel: rel.endswith('.wav') and ('Actor_01' in rel or 'Actor_02' in rel))
+  rows = list(csv.reader(open(shared_data / 'ferplus/FER2013Valid/label.csv', newline='')))[:300]
+  fer = manual / 'ferplus' / 'FER2013Valid'
+  fer.mkdir(parents=True)
+  for row in rows:
+    os.symlink(shared_data / 'ferplus/FER2013Valid' / row[0], fer / row[0])
+  with open(fer / 'label.csv', 'w', newline='') as f:
+    csv.writer(f).writerows(rows)
+  builder = _build('ravdess_ferplus/paired_small', manual, tmp_path / 'out')
+  fer_label = {}
+  for row in rows:
+    dist = ferplus.ferplus_label(np.array(row[2:12], np.float32), 'majority')
+    if dist is not None:
+      fer_label[row[0][:-4]] = ferplus.EMOTIONS[int(np.argmax(dist))]
+  same = {'neutral': 'neutral', 'happiness': 'happy', 'sadness': 'sad', 'anger': 'angry',
+          'fear': 'fearful', 'disgust': 'disgust', 'surprise': 'surprised'}
+  faces_by_split = {}
+  for split in builder.info.splits.keys():
+    for e in tfds.as_numpy(builder.as_dataset(split=split)):
+      take, face_id = e['id'].decode().split('+')
+      name = rf.CLASSES[e['label']]
+      # The utterance's emotion (from its RAVDESS name) and the face's FER+
+      # majority label are the same class.
+      assert rf.CLASSES[rf.RAVDESS_TO_CLASS[int(take.split('-')[1]) - 1]] == name
+      assert same[fer_label[face_id]] == name
+      assert e['video'].shape == (1, 48, 48, 3) and e['audio'].shape == (180, 13)
+      faces_by_split.setdefault(split, set()).add(face_id)
+  # 52 non-calm takes per actor; a class may run out of faces in a tiny
+  # split (reported), so slightly fewer may be paired.
+  assert 80 <= sum(v.num_examples for v in builder.info.splits.values()) <= 104
+  splits = list(faces_by_split.values())
+  assert all(not (a & b) for i, a in enumerate(splits) for b in splits[i + 1:])
