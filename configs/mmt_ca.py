@@ -8,6 +8,17 @@ Presets (the part after ':'):
   ravdess       the paper's training recipe on RAVDESS speech AV clips, fused
   ferplus       the paper's face model on FER+ (head='face', a single image per example)
   paper_shapes  the paper's input shapes for benchmarks (MFCC frames + face crops)
+  ravdess_audio   the audio model on RAVDESS speech wavs (`ravdess/speech_audio`),
+                  speaker-independent: the builder's actor splits (on the four sample
+                  actors: train 1-2, validation 3, test 4)
+  ferplus_face    the face model on the FER+ images (`ferplus/majority`, standard
+                  splits); `ferplus_face+from_validation` carves train/val/test
+                  (80/10/10) from FER2013Valid when only that folder is available
+  ravdess_ferplus the pairing of RAVDESS speech with same-emotion FER+ faces, fused
+                  (compare with its unimodal parts via `+audio` and `+face`)
+Real-data presets need the raw files: `--config.dataset.manual_dir=DIR` (built
+on the fly), e.g. DIR=../shared/data/ravdess (or ../shared/data for the pairing,
+which expects DIR/ravdess and DIR/ferplus).
 Variants, appended with '+': audio, face (unimodal heads), early, late, hybrid
 (fusion modes), e.g. `configs/mmt_ca.py:synthetic+late`.
 The paper's recipe is three runs: the face model on FER+, the audio model on
@@ -95,12 +106,48 @@ def _paper_shapes(c):
   _paper_inputs(c)
 
 
+def _ravdess_audio(c):
+  _paper_training(c)
+  c.dataset.name = 'ravdess/speech_audio'
+  c.dataset.num_classes = 8
+  c.model.head = 'audio'
+  c.input.example_shapes = {'audio': (360, 39)}  # builder: MFCC-13+deltas, 3.6 s at 10 ms
+
+
+def _ferplus_face(c):
+  _paper_training(c)
+  c.dataset.name = 'ferplus/majority'
+  c.dataset.num_classes = 8
+  c.model.head = 'face'
+  c.input.example_shapes = {'video': (1, 48, 48, 3)}
+  c.input.augment.video_hflip = True
+  c.input.augment.video_crop_pad = 4
+
+
+def _ferplus_face_from_validation(c):
+  # Only FER2013Valid is available: 80/10/10 of it (disjoint images).
+  c.dataset.train_split = 'validation[:80%]'
+  c.dataset.val_split = 'validation[80%:90%]'
+  c.dataset.test_split = 'validation[90%:]'
+
+
+def _ravdess_ferplus(c):
+  _paper_training(c)
+  c.dataset.name = 'ravdess_ferplus/paired'
+  c.dataset.num_classes = 7  # the emotions RAVDESS and FER+ share
+  c.input.example_shapes = {'audio': (360, 39), 'video': (1, 48, 48, 3)}
+  c.input.augment.video_hflip = True
+
+
 PRESETS = {
     'synthetic': _synthetic,
     'tiny': _tiny,
     'ravdess': _ravdess,
     'ferplus': _ferplus,
     'paper_shapes': _paper_shapes,
+    'ravdess_audio': _ravdess_audio,
+    'ferplus_face': _ferplus_face,
+    'ravdess_ferplus': _ravdess_ferplus,
 }
 
 VARIANTS = {
@@ -135,6 +182,9 @@ def get_config(arg: str = 'synthetic'):
     raise ValueError(f'unknown preset {preset!r}; choose from {sorted(PRESETS)}')
   PRESETS[preset](c)
 
+  if preset == 'ferplus_face' and variant == 'from_validation':
+    _ferplus_face_from_validation(c)
+    variant = ''
   if variant:
     if variant not in VARIANTS:
       raise ValueError(f'unknown variant {variant!r}; choose from {sorted(VARIANTS)}')
