@@ -170,9 +170,11 @@ def write_robustness(exp_dir: str, variants: list[str], title: str = '') -> dict
             'values replaced by random values at test time; "missing": the modality hidden.']
   with open(os.path.join(exp_dir, 'robustness.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
-  curves = {}
+  curves, missing = {}, {}
   for v in present:
     for modality in ('audio', 'video'):
+      if (v, f'{modality} missing') in per:
+        missing[f'{v}: {modality}'] = mean_std(per[(v, f'{modality} missing')])
       pts = [(0.0, per[(v, 'clean')])] if (v, 'clean') in per else []
       pts += [(r / 100, per[(v, f'{modality} {r}%')]) for r in range(5, 100, 5)
               if (v, f'{modality} {r}%') in per]
@@ -181,5 +183,5 @@ def write_robustness(exp_dir: str, variants: list[str], title: str = '') -> dict
         curves[f'{v}: {modality}'] = ([p[0] for p in pts], [s[0] for s in stats],
                                       [s[1] for s in stats])
   if curves:
-    plots.robustness(curves, os.path.join(exp_dir, 'robustness.png'), title)
+    plots.robustness(curves, os.path.join(exp_dir, 'robustness.png'), title, missing)
   return {'conditions': order, 'variants': present}

@@ -78,20 +78,27 @@ def attention_maps(maps: dict, path: str, title: str = '', query_label: str = 'q
   return _save(fig, path)
 
 
-def robustness(curves: dict, path: str, title: str = '') -> str:
+def robustness(curves: dict, path: str, title: str = '', missing: dict | None = None) -> str:
   """Accuracy against the corruption rate.
 
   `curves`: {label: (rates, means, stds)} with accuracies in [0, 1]; drawn
-  with a shaded band of one standard deviation.
+  with a shaded band of one standard deviation. `missing`: {label: (mean, std)}
+  of the modality removed altogether, drawn as a cross at 100 % in the
+  colour of the curve with the same label.
   """
   plt = _plt()
   fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  missing = missing or {}
   for label, (rates, means, stds) in curves.items():
     rates, means, stds = (np.asarray(x, np.float64) * 100 for x in (rates, means, stds))
     style = '--' if 'video' in label else '-'
     line, = ax.plot(rates, means, style, marker='o', markersize=3, label=label)
     ax.fill_between(rates, means - stds, means + stds, alpha=0.15, color=line.get_color())
-  ax.set_xlabel('values replaced by random values (%)')
+    if label in missing:
+      m, sd = (100 * v for v in missing[label])
+      ax.errorbar([100], [m], yerr=[sd], marker='x', markersize=7, color=line.get_color(),
+                  capsize=3)
+  ax.set_xlabel('values replaced by random values (%); x at 100: modality missing')
   ax.set_ylabel('accuracy (%)')
   ax.set_ylim(0, 100)
   ax.grid(alpha=0.3)
