@@ -14,11 +14,15 @@ import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+_CACHE = pathlib.Path(os.environ.get('TMPDIR', '/tmp')) / f'mer_jax_test_jax_cache_{os.getuid()}'
 
 
 def _env(**extra):
   env = dict(os.environ)
   env['PYTHONPATH'] = str(ROOT) + os.pathsep + env.get('PYTHONPATH', '')
+  # Runs of the same config share compiled programs (the resumed run, both processes).
+  env.setdefault('JAX_COMPILATION_CACHE_DIR', str(_CACHE))
+  env.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
   env.update(extra)
   return env
 
