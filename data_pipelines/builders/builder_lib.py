@@ -89,6 +89,16 @@ def _pool(n: int):
   return _POOL
 
 
+def close_pool():
+  """Stops the worker processes (they hold TF/OpenCV/librosa in memory)."""
+  global _POOL
+  with _POOL_LOCK:
+    if _POOL is not None:
+      _POOL.close()
+      _POOL.join()
+      _POOL = None
+
+
 def _call(task):
   """Runs `module.func(item, cfg)`; any failure becomes a skip record."""
   module, func, item, cfg = task
@@ -239,6 +249,7 @@ def build_splits(builder, module: str, func: str, items: Sequence, report: SkipR
       with open(path, 'wb') as f:
         pickle.dump((key, example), f, protocol=pickle.HIGHEST_PROTOCOL)
       by_unit.setdefault(unit_fn(example), []).append(path)
+  close_pool()  # all files are processed; training should not keep idle workers
   report.write(builder.data_dir)
   if not by_unit:
     shutil.rmtree(cache_dir, ignore_errors=True)
