@@ -339,3 +339,26 @@ def test_ravdess_ferplus_pairing(shared_data, tmp_path):
   assert 80 <= sum(v.num_examples for v in builder.info.splits.values()) <= 104
   splits = list(faces_by_split.values())
   assert all(not (a & b) for i, a in enumerate(splits) for b in splits[i + 1:])
+
+
+def test_ravdess_video_only_take_pairs_with_its_wav(shared_data, tmp_path):
+  src = shared_data / 'ravdess'
+  mp4 = src / 'Video_Speech_Actor_01/Actor_01/01-01-01-01-01-01-01.mp4'
+  wav = src / 'Audio_Speech_Actors_01-24/Actor_01/03-01-01-01-01-01-01.wav'
+  if not (mp4.exists() and wav.exists()):
+    pytest.skip('RAVDESS samples absent')
+  manual = tmp_path / 'Actor_01'
+  manual.mkdir()
+  # The same take as a video-only (02) file next to its audio-only (03) wav.
+  os.symlink(mp4, manual / '02-01-01-01-01-01-01.mp4')
+  os.symlink(wav, manual / '03-01-01-01-01-01-01.wav')
+  cfg = ravdess.RavdessConfig(name='t')  # speech_av defaults
+  items, bad = ravdess.collect_items(str(tmp_path), cfg)
+  assert not bad and len(items) == 1
+  assert items[0]['video_path'].endswith('02-01-01-01-01-01-01.mp4')
+  assert items[0]['audio_path'].endswith('03-01-01-01-01-01-01.wav')
+  # With the AV (01) file present too, the take is used once, from the 01 file.
+  os.symlink(mp4, manual / '01-01-01-01-01-01-01.mp4')
+  items, _ = ravdess.collect_items(str(tmp_path), cfg)
+  assert len(items) == 1 and items[0]['video_path'].endswith('01-01-01-01-01-01-01.mp4')
+  assert items[0]['audio_path'] == items[0]['video_path']  # its own track by default
