@@ -124,7 +124,8 @@ def iemocap_dir(tmp_path):
   import cv2
   faces = np.stack([cv2.resize(f, (200, 200), interpolation=cv2.INTER_AREA) for f in faces])
   _write_dialog_avi(s1 / 'dialog' / 'avi' / 'DivX' / f'{d1}.avi', faces)
-  _write_dialog_avi(s5 / 'dialog' / 'avi' / 'DivX' / f'{d5}.avi', faces)
+  # Session 5's camera shows no face: its utterances keep audio and text.
+  _write_dialog_avi(s5 / 'dialog' / 'avi' / 'DivX' / f'{d5}.avi', np.zeros_like(faces))
   return root
 
 
@@ -180,6 +181,10 @@ def test_iemocap_build_av_text(iemocap_dir, tmp_path):
   assert f0['audio'].shape == (100, 13) and f0['video'].shape == (3, 32, 32, 3)
   # Faces were found in both halves (the actress left, the actor right by default).
   assert f0['video'].std() > 10 and m0['video'].std() > 10
+  np.testing.assert_array_equal(f0['mask'], [1, 1, 1, 0])
+  no_face = test['Ses05M_script01_1_F000']
+  np.testing.assert_array_equal(no_face['mask'], [1, 0, 1, 0])
+  assert not no_face['video'].any() and no_face['audio'].any()
   skipped = _skips(builder)
   assert any('malformed header' in r for _, r in skipped)
   assert any('wav missing' in r for _, r in skipped)

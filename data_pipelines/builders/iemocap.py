@@ -29,6 +29,10 @@ becomes a fixed pseudo-random unit vector seeded by the word (a hashing
 embedding, `text_dim` wide, `max_words` long); the raw transcript is kept in
 'transcript' for real embeddings later.
 
+'mask' marks the modalities present per example (audio, video, text,
+physio): an utterance whose span shows no detectable face keeps its audio
+and text with zero frames and video 0 in 'mask' (`missing_face='mask'`).
+
 Splits: sessions 1-3 train, 4 validation, 5 test (papers that train on 1-4
 read 'train+validation'); leave-one-session-out via `config.dataset.fold`
 with `group_key='session'` (each session is one fold).
@@ -161,6 +165,10 @@ class IemocapConfig(tfds.core.BuilderConfig):
   # actor is on the other half.
   female_side: tuple = (('1', 'left'), ('2', 'left'), ('3', 'left'), ('4', 'left'),
                         ('5', 'left'))
+  # An utterance whose span shows no detectable face: 'mask' keeps it with
+  # zero frames and video marked missing in 'mask' (audio and text are fine;
+  # speakers often turn away), 'skip' leaves it out (reported).
+  missing_face: str = 'mask'
   train_sessions: tuple = (1, 2, 3)
   val_sessions: tuple = (4,)
   test_sessions: tuple = (5,)
@@ -218,6 +226,8 @@ class Iemocap(tfds.core.GeneratorBasedBuilder):
       v = cfg.video
       feats['video'] = tfds.features.Tensor(shape=(v.num_frames, v.size, v.size, 3),
                                             dtype=np.uint8)
+    # Per-example modality presence in batch_contract.MODALITIES order.
+    feats['mask'] = tfds.features.Tensor(shape=(4,), dtype=np.float32)
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict(feats), supervised_keys=None,
         homepage='https://sail.usc.edu/iemocap/', description=__doc__)
@@ -313,8 +323,17 @@ def process_item(item, cfg):
              'vad': np.asarray(item['vad'], np.float32), 'transcript': item['transcript']}
   if cfg.with_text:
     example['text'] = hashed_word_vectors(item['transcript'], cfg.text_dim, cfg.max_words)
+  mask = [1.0, 0.0, 1.0 if cfg.with_text else 0.0, 0.0]  # audio, video, text, physio
   if cfg.with_video:
-    example['video'] = clip.preprocess_av(
-        video_path=item['video_path'], video_cfg=cfg.video, start_s=item['start'],
-        end_s=item['end'], region=item['side'])['video']
+    try:
+      example['video'] = clip.preprocess_av(
+          video_path=item['video_path'], video_cfg=cfg.video, start_s=item['start'],
+          end_s=item['end'], region=item['side'])['video']
+      mask[1] = 1.0
+    except clip.NoFaceError:
+      if cfg.missing_face != 'mask':
+        raise
+      v = cfg.video
+      example['video'] = np.zeros((v.num_frames, v.size, v.size, 3), np.uint8)
+  example['mask'] = np.asarray(mask, np.float32)
   return item['id'], example
