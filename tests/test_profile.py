@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 def test_profile_tiny_config():
   from configs import avt_ca
   from mer_jax import profiling
