@@ -174,6 +174,7 @@ def get_config(arg: str = 'synthetic'):
   c.model.dropout_rate = 0.1
   c.model.face_channels = (32, 64, 128)
   c.model.face_convs_per_block = 1
+  c.model.face_stem_stride = 1
   c.model.head_dropout = 0.1
   # Each unimodal head also learns from the labels, so late fusion has classifiers to combine.
   c.loss.unimodal_weight = 0.5

@@ -67,7 +67,7 @@ def _paper_shapes(c):
 def _synthetic(c):
   c.dataset.name = 'synthetic_av/default'
   c.dataset.num_classes = 6
-  c.model.update(d_model=64, seq_channels=(32, 64), frame_channels=(16, 32, 64, 64), num_layers=1,
+  c.model.update(d_model=64, seq_channels=(32, 64), frame_channels=(16, 32, 64, 64), frame_stem_stride=2, num_layers=1,
                  head_hidden=64)
   c.input.batch_size = 32
   c.input.example_shapes = {'audio': (100, 20), 'video': (8, 64, 64, 3)}
@@ -128,6 +128,7 @@ def get_config(arg: str = 'synthetic'):
   c.model.seq_channels = (64, 128)
   c.model.seq_pool = 2
   c.model.frame_channels = (32, 64, 128)
+  c.model.frame_stem_stride = 1
   c.model.num_heads = 4
   c.model.num_layers = 2
   c.model.d_ff_ratio = 4

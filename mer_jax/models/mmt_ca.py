@@ -59,6 +59,7 @@ class MMTCA(nn.Module):
   dropout_rate: float = 0.1
   face_channels: Sequence[int] = (32, 64, 128)
   face_convs_per_block: int = 1
+  face_stem_stride: int = 1
   head_dropout: float = 0.1
 
   def _audio(self, batch, train):
@@ -74,7 +75,8 @@ class MMTCA(nn.Module):
     else:
       video = encoders.as_frame_sequence(video)
       cnn = encoders.ConvFrameEncoder(self.face_channels, self.face_convs_per_block,
-                                      self.d_model, name='face_cnn')
+                                      self.d_model, stem_stride=self.face_stem_stride,
+                                      name='face_cnn')
       feats = encoders.encode_frames(cnn, video, train)
     enc = encoders.SequenceTransformerEncoder(
         self.d_model, self.face_layers, self.num_heads, self.d_ff_ratio * self.d_model,

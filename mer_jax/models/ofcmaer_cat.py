@@ -86,6 +86,7 @@ class OFCMAERCAT(nn.Module):
   seq_channels: Sequence[int] = (64, 128)  # Conv1D encoder of sequence modalities
   seq_pool: int = 2
   frame_channels: Sequence[int] = (32, 64, 128)  # 2-D CNN of face frames
+  frame_stem_stride: int = 1
   num_heads: int = 4
   num_layers: int = 2
   d_ff_ratio: int = 4
@@ -101,7 +102,7 @@ class OFCMAERCAT(nn.Module):
   def _encode(self, name, x, train):
     if name == 'video' and x.ndim == 5:
       cnn = encoders.ConvFrameEncoder(self.frame_channels, out_dim=self.d_model,
-                                      name='video_encoder')
+                                      stem_stride=self.frame_stem_stride, name='video_encoder')
       return encoders.encode_frames(cnn, x, train)
     return SequenceCNNEncoder(self.seq_channels, self.d_model, self.seq_pool,
                               name=f'{name}_encoder')(x, train)
