@@ -3,6 +3,7 @@
   python -m experiments.profile_papers                 # 'paper_shapes' presets
   python -m experiments.profile_papers --tiny          # 'tiny' presets, seconds
   python -m experiments.profile_papers --papers=002,003 --batch_size=8 --out=prof.json
+  python -m experiments.profile_papers --flops_only     # FLOPs per step only, no compile
 
 Synthetic random batches of each config's `input.example_shapes`; no dataset
 needed. Columns as in `mer_jax.profiling`. A paper whose config is missing or
@@ -25,11 +26,13 @@ flags.DEFINE_string('papers', '000,001,002,003,004', 'Papers to profile.')
 flags.DEFINE_integer('batch_size', 0, 'Batch size (default: each config\'s).')
 flags.DEFINE_integer('repeats', 5, 'Timed steps after one warm-up step.')
 flags.DEFINE_string('out', '', 'Also write the rows as JSON here.')
+flags.DEFINE_bool('flops_only', False, 'Only lower on abstract shapes: FLOPs and bytes per '
+                  'step, no compile, no timing (seconds even at paper shapes on a CPU).')
 flags.DEFINE_string('trace_dir', '', 'Write a jax.profiler trace and optimised HLO per paper here.')
 
 
 def profile_papers(preset: str, papers, batch_size: int = 0, repeats: int = 5,
-                   trace_dir: str = '') -> list[dict]:
+                   trace_dir: str = '', flops_only: bool = False) -> list[dict]:
   from mer_jax import profiling
   rows = []
   for paper in papers:
@@ -38,8 +41,12 @@ def profile_papers(preset: str, papers, batch_size: int = 0, repeats: int = 5,
     try:
       config = defs.load_config(ref)
       out = os.path.join(trace_dir, paper) if trace_dir else ''
-      for r in profiling.profile_config(config, batch_size or None, repeats, out_dir=out,
-                                        trace=bool(out), hlo=bool(out)):
+      if flops_only:
+        found = profiling.cost_only(config, batch_size or None)
+      else:
+        found = profiling.profile_config(config, batch_size or None, repeats, out_dir=out,
+                                         trace=bool(out), hlo=bool(out))
+      for r in found:
         rows.append(dict(r, paper=label))
     except Exception as e:  # keep going: one paper's failure should not hide the others
       rows.append({'paper': label, 'model': ref, 'error': f'{type(e).__name__}: {e}'})
@@ -55,7 +62,8 @@ def main(argv):
   import jax
   preset = FLAGS.preset or ('tiny' if FLAGS.tiny else 'paper_shapes')
   papers = [p for p in FLAGS.papers.split(',') if p]
-  rows = profile_papers(preset, papers, FLAGS.batch_size, FLAGS.repeats, FLAGS.trace_dir)
+  rows = profile_papers(preset, papers, FLAGS.batch_size, FLAGS.repeats, FLAGS.trace_dir,
+                        FLAGS.flops_only)
   print()
   print(f"preset '{preset}' on {jax.device_count()}x {jax.devices()[0].device_kind}")
   print(profiling.format_table(rows))

@@ -149,6 +149,28 @@ def profile_config(config, batch_size: int | None = None, repeats: int = 5, warm
   return rows
 
 
+def cost_only(config, batch_size: int | None = None) -> list[dict]:
+  """FLOPs and bytes of the train and eval steps from lowering on abstract shapes.
+
+  Nothing is compiled or run, so it takes seconds even at shapes a CPU cannot
+  train at; timing and memory fields are absent.
+  """
+  batch_size = batch_size or config.input.batch_size
+  setup = _Setup(config, batch_size)
+  state = setup.abstract_state()
+  batch = _abstract_batch(setup.host_batch)
+  params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))
+  rows = []
+  for name, fn in (('train', setup.train_jit), ('eval', setup.eval_jit)):
+    rows.append({'model': config.model.name, 'step': name, 'batch_size': batch_size,
+                 'num_params': params, 'input_shapes': {
+                     k: list(v.shape[1:]) for k, v in setup.host_batch.items()
+                     if k not in ('label', 'mask', 'valid')},
+                 'devices': f'{jax.device_count()}x {jax.devices()[0].device_kind}',
+                 **_cost(fn.lower(state, batch).cost_analysis())})
+  return rows
+
+
 def _si(x: float, unit: str) -> str:
   for scale, prefix in ((1e12, 'T'), (1e9, 'G'), (1e6, 'M'), (1e3, 'k')):
     if abs(x) >= scale:
@@ -170,13 +192,18 @@ def format_table(rows: list[dict]) -> str:
       lines.append(f"| {r.get('paper', '')} | {r.get('model', '')} | - | "
                    f"{'| ' * (len(COLUMNS) - 4)}{r['error'][:80]} |")
       continue
+    timed = 'step_s_median' in r
     cells = [r.get('paper', ''), r['model'], r['step'], str(r['batch_size']),
-             f"{r['num_params']:,}", f"{r['compile_s']:.1f}", _si(r['flops'], 'FLOP'),
-             _si(r['bytes_accessed'], 'B'), mib(r, 'argument_size_in_bytes'),
-             mib(r, 'output_size_in_bytes'), mib(r, 'temp_size_in_bytes'),
-             f"{1e3 * r['step_s_median']:.1f} ({1e3 * r['step_s_min']:.1f}-"
-             f"{1e3 * r['step_s_max']:.1f})", f"{r['samples_per_s']:.1f}",
-             _si(r['flops_per_s'], 'FLOP/s')]
+             f"{r['num_params']:,}", f"{r['compile_s']:.1f}" if timed else '-',
+             _si(r['flops'], 'FLOP'), _si(r['bytes_accessed'], 'B')]
+    if timed:
+      cells += [mib(r, 'argument_size_in_bytes'), mib(r, 'output_size_in_bytes'),
+                mib(r, 'temp_size_in_bytes'),
+                f"{1e3 * r['step_s_median']:.1f} ({1e3 * r['step_s_min']:.1f}-"
+                f"{1e3 * r['step_s_max']:.1f})", f"{r['samples_per_s']:.1f}",
+                _si(r['flops_per_s'], 'FLOP/s')]
+    else:
+      cells += ['-'] * 6
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
