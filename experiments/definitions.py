@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -187,8 +188,14 @@ def swap_preset(ref: str, preset: str) -> str:
 def load_config(ref: str):
   """The ConfigDict of 'configs/<paper>.py:<arg>' (imported as a module)."""
   path, _, arg = ref.partition(':')
-  module = os.path.splitext(os.path.normpath(path))[0].replace(os.sep, '.')
-  mod = importlib.import_module(module)
+  full = path if os.path.isabs(path) else os.path.join(REPO, path)
+  rel = os.path.relpath(full, REPO)
+  if not rel.startswith('..'):  # inside the repository: import as a package module
+    mod = importlib.import_module(os.path.splitext(rel)[0].replace(os.sep, '.'))
+  else:
+    spec = importlib.util.spec_from_file_location(os.path.basename(full)[:-3], full)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
   return mod.get_config(arg) if arg else mod.get_config()
 
 

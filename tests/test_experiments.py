@@ -63,15 +63,17 @@ def test_runner_two_folds_two_seeds_resumes_after_kill(tiny_data_dir, tmp_path):
 
   # Start, and kill the runner once the first run is done and the second has a checkpoint.
   env = dict(os.environ, PYTHONPATH=wh.ROOT)
-  proc = subprocess.Popen([sys.executable, '-m', 'experiments.run', *args], cwd=wh.ROOT, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  log_path = tmp_path / 'runner.log'
+  with open(log_path, 'w') as log:
+    proc = subprocess.Popen([sys.executable, '-m', 'experiments.run', *args], cwd=wh.ROOT,
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
   deadline = time.time() + 400
   while time.time() < deadline and proc.poll() is None:
     if os.path.exists(os.path.join(first, 'results.json')) and glob.glob(
         os.path.join(second, 'checkpoints', 'latest', '[0-9]*')):
       break
     time.sleep(0.2)
-  assert proc.poll() is None, 'runner ended before it could be killed'
+  assert proc.poll() is None, 'runner ended before it could be killed:\n' + log_path.read_text()[-3000:]
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   time.sleep(1.0)  # the training child dies with its parent
