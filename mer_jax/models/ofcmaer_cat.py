@@ -63,10 +63,6 @@ def awom_weights(scores: Array, mask: Array) -> Array:
   return jnp.where(mask > 0, jax.nn.softmax(logits, axis=-1), 0.0)
 
 
-def masked_time_mean(x: Array) -> Array:
-  return x.mean(axis=1)
-
-
 class SequenceCNNEncoder(nn.Module):
   """Conv1D blocks then a Dense to d: [B, T, F] -> [B, T', d]."""
   channels: Sequence[int]
@@ -118,7 +114,7 @@ class OFCMAERCAT(nn.Module):
 
     feats = [self._encode(n, batch[n], train) * mask[:, i, None, None]
              for i, n in enumerate(names)]
-    pooled = jnp.stack([masked_time_mean(f) for f in feats], axis=1)  # [B, M, d]
+    pooled = jnp.stack([f.mean(axis=1) for f in feats], axis=1)  # [B, M, d]; 0 if missing
 
     # Cross-modal attention alignment with partner weights and gated residual.
     aligned = []
