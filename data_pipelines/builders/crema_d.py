@@ -202,7 +202,6 @@ class CremaD(tfds.core.GeneratorBasedBuilder):
       raise builder_lib.ManualDirError(
           f'crema_d: no usable clips under {manual_dir} ({len(bad)} skipped).\n'
           f'{MANUAL_DIR_INSTRUCTIONS}')
-    cfg = self.builder_config
     return builder_lib.build_splits(self, MODULE, 'process_item', items, report,
                                     lambda ex: int(ex['speaker']), cfg.val_frac, cfg.test_frac)
 
