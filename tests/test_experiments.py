@@ -51,6 +51,13 @@ def _results(exp_dir):
   return out
 
 
+def _checkpointed(variant_dir):
+  """Run directories holding a completed 'latest' checkpoint (a step-numbered folder)."""
+  steps = glob.glob(os.path.join(variant_dir, '*', 'checkpoints', 'latest', '*'))
+  return sorted({p.split(os.sep + 'checkpoints' + os.sep)[0] for p in steps
+                 if os.path.basename(p).isdigit()})
+
+
 def test_runner_two_folds_two_seeds_resumes_after_kill(tiny_data_dir, tmp_path):
   root = str(tmp_path / 'runs')
   args = [f'--config={wh.TINY}', '--name=cv', f'--root={root}', '--folds=2', '--val_groups=2',
@@ -58,33 +65,37 @@ def test_runner_two_folds_two_seeds_resumes_after_kill(tiny_data_dir, tmp_path):
           f'--data_dir={tiny_data_dir}', '--parallel=2']
   exp_dir = os.path.join(root, 'cv')
   variant_dir = os.path.join(exp_dir, 'avt_ca.py_tiny')
-  first = os.path.join(variant_dir, 'fold0_seed0')
-  second = os.path.join(variant_dir, 'fold0_seed1')
 
-  # Start, and kill the runner once the first run is done and the second has a checkpoint.
+  # Start, and kill the runner as soon as some run has saved a checkpoint.
   env = dict(os.environ, PYTHONPATH=wh.ROOT)
   log_path = tmp_path / 'runner.log'
   with open(log_path, 'w') as log:
     proc = subprocess.Popen([sys.executable, '-m', 'experiments.run', *args], cwd=wh.ROOT,
                             env=env, stdout=log, stderr=subprocess.STDOUT)
-  deadline = time.time() + 400
+  deadline = time.time() + 900
   while time.time() < deadline and proc.poll() is None:
-    if os.path.exists(os.path.join(first, 'results.json')) and glob.glob(
-        os.path.join(second, 'checkpoints', 'latest', '[0-9]*')):
+    if _checkpointed(variant_dir):
       break
     time.sleep(0.2)
   assert proc.poll() is None, 'runner ended before it could be killed:\n' + log_path.read_text()[-3000:]
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  time.sleep(1.0)  # the training child dies with its parent
-  first_mtime = os.path.getmtime(os.path.join(first, 'results.json'))
-  second_was_unfinished = not os.path.exists(os.path.join(second, 'results.json'))
+  time.sleep(1.0)  # the training children die with their parent
+  interrupted = [d for d in _checkpointed(variant_dir)
+                 if not os.path.exists(os.path.join(d, 'results.json'))]
+  assert interrupted
 
+  # Re-run: the interrupted runs resume from their checkpoints, the rest train.
+  wh.run_module('experiments.run', *args)
+  for d in interrupted:
+    assert 'Resumed from step' in open(os.path.join(d, 'log.txt')).read(), d
+  mtimes = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(variant_dir, '*', 'results.json'))}
+  assert len(mtimes) == 4
+  # A third run finds everything finished: nothing is retrained.
   out = wh.run_module('experiments.run', *args).stdout
-  assert 'already finished' in out
-  assert os.path.getmtime(os.path.join(first, 'results.json')) == first_mtime  # not retrained
-  if second_was_unfinished:
-    assert 'Resumed from step' in open(os.path.join(second, 'log.txt')).read()
+  assert '4 of 4 already finished' in out
+  assert {p: os.path.getmtime(p) for p in mtimes} == mtimes
+  first = os.path.join(variant_dir, 'fold0_seed0')
 
   results = _results(exp_dir)
   assert sorted(results) == ['fold0_seed0', 'fold0_seed1', 'fold1_seed0', 'fold1_seed1']
