@@ -22,6 +22,8 @@ class VideoFeatureConfig:
   # Clips with faces in fewer than this fraction of sampled frames are rejected
   # (at least one frame must always show a face).
   face_min_detected_frac: float = 0.0
+  # 'median' mode: run the detector on this many evenly spread frames (0: all).
+  face_detect_frames: int = 5
 
 
 def sample_frame_indices(num_available: int, num_frames: int) -> np.ndarray:
