@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines.builders import builder_lib
+from data_pipelines.builders import paper_features
 from data_pipelines.features import audio as audio_features
 from data_pipelines.features import video as video_features
 
@@ -159,6 +160,10 @@ class CremaD(tfds.core.GeneratorBasedBuilder):
                    'face crops 112x112; soft labels from the audio-visual votes.'),
       CremaDConfig(name='audio', description='Audio only; soft labels from the voice votes.',
                    with_video=False, video=None, soft_labels='audio'),
+      *[CremaDConfig(name=paper, description=f'Audio-visual clips with hard labels, '
+                     f'preprocessed as paper {paper} specifies.', audio=a, video=v,
+                     soft_labels=None)
+        for paper, (a, v) in paper_features.PAPER_FEATURES.items()],
       CremaDConfig(name='av_small', description='Tiny av for tests.', audio=_SMALL_AUDIO,
                    video=video_features.VideoFeatureConfig(num_frames=4, size=48)),
       CremaDConfig(name='audio_small', description='Tiny audio for tests.', audio=_SMALL_AUDIO,

@@ -44,6 +44,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines.builders import builder_lib
+from data_pipelines.builders import paper_features
 from data_pipelines.features import audio as audio_features
 from data_pipelines.features import video as video_features
 
@@ -179,6 +180,9 @@ class Ravdess(tfds.core.GeneratorBasedBuilder):
       RavdessConfig(name='song_av', description='Song takes with video.', vocal_channel=2),
       RavdessConfig(name='song_audio', description='Audio-only song wavs.', vocal_channel=2,
                     with_video=False, video=None),
+      *[RavdessConfig(name=paper, description=f'Speech takes with video, preprocessed as '
+                      f'paper {paper} specifies.', audio=a, video=v, prefer_wav_audio=True)
+        for paper, (a, v) in paper_features.PAPER_FEATURES.items()],
       RavdessConfig(name='speech_av_small', description='Tiny speech_av for tests.',
                     audio=_SMALL_AUDIO, video=_SMALL_VIDEO),
       RavdessConfig(name='speech_audio_small', description='Tiny speech_audio for tests.',
