@@ -107,10 +107,10 @@ def get_config(arg: str = 'synthetic'):
     _paper_training(c)
     _public_code_inputs(c)
     if preset == 'ravdess':
-      c.dataset.name = 'ravdess/speech_av'
+      c.dataset.name = 'ravdess/avt_ca'
       c.dataset.num_classes = 8
     elif preset == 'crema_d':
-      c.dataset.name = 'crema_d/av'
+      c.dataset.name = 'crema_d/avt_ca'
       c.dataset.num_classes = 6
     elif preset == 'cmu_mosei':
       c.dataset.name = 'cmu_mosei/emotions'
