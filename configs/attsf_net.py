@@ -3,7 +3,7 @@
   python -m mer_jax.main --config=configs/attsf_net.py:synthetic --workdir=/tmp/attsf_net
 
 Presets (the part after ':'):
-  synthetic     the built-in `synthetic_av` dataset; ~5 min on 2 CPU cores
+  synthetic     the built-in `synthetic_av` dataset; 26 min on 2 heavily shared CPU cores, test acc 0.93
   tiny          a very small model on `synthetic_av/small` for tests (seconds)
   ravdess       Table II and Section IV-B settings on RAVDESS speech AV clips
   iemocap       the same for IEMOCAP 4-class (audio + video)

@@ -3,7 +3,7 @@
   python -m mer_jax.main --config=configs/mmt_ca.py:synthetic --workdir=/tmp/mmt_ca
 
 Presets (the part after ':'):
-  synthetic     the built-in `synthetic_av` dataset, fused audio + face; ~4 min on 2 CPU cores
+  synthetic     the built-in `synthetic_av` dataset, fused audio + face; 6 min on 2 busy CPU cores, test acc 0.92
   tiny          a very small model on `synthetic_av/small` for tests (seconds)
   ravdess       the paper's training recipe on RAVDESS speech AV clips, fused
   ferplus       the paper's face model on FER+ (head='face', a single image per example)
@@ -43,6 +43,7 @@ def _synthetic(c):
   c.model.audio_layers = 2
   c.model.face_layers = 1
   c.model.face_channels = (16, 32, 64, 64)  # 4 pools: the mouth shape needs a wide receptive field
+  c.model.face_stem_stride = 2  # full-resolution convs are slow on CPU and add nothing here
   c.input.batch_size = 32
   c.input.example_shapes = {'audio': (100, 20), 'video': (8, 64, 64, 3)}
   c.input.augment.video_hflip = True

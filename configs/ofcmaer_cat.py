@@ -4,7 +4,8 @@ adaptive weight optimisation and a transformer contextual block.
   python -m mer_jax.main --config=configs/ofcmaer_cat.py:synthetic --workdir=/tmp/ofcmaer_cat
 
 Presets (the part after ':'):
-  synthetic     the built-in `synthetic_av` dataset (audio + video); ~5 min on 2 CPU cores
+  synthetic     the built-in `synthetic_av` dataset (audio + video); 15 min on 2 shared
+                CPU cores, test acc 0.97
   tiny          a very small model on `synthetic_av/small` for tests (seconds)
   iemocap       IEMOCAP 4-class, audio + video + text
   cmu_mosei     CMU-MOSEI emotions, audio + video + text

@@ -3,7 +3,8 @@
   python -m mer_jax.main --config=configs/tucker_fusion.py:synthetic --workdir=/tmp/tucker_fusion
 
 Presets (the part after ':'):
-  synthetic     the built-in `synthetic_av` dataset with a slim ResNet; ~5 min on 2 CPU cores
+  synthetic     the built-in `synthetic_av` dataset with a slim ResNet; 26 min on 2
+                heavily shared CPU cores, test acc 0.98
   tiny          a very small model on `synthetic_av/small` for tests (seconds)
   ravdess       the paper's settings on RAVDESS speech AV clips
   crema_d       the paper's settings on CREMA-D
