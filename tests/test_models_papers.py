@@ -266,3 +266,70 @@ def test_resnet18_matches_torchvision(tmp_path):
   got = resnet.resnet18(1000).apply(variables, jnp.asarray(image.transpose(0, 2, 3, 1)),
                                     train=False)
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-3, atol=1e-3)
+
+
+def test_torch_zip_reader_without_torch(tmp_path, monkeypatch):
+  """Writes a checkpoint in torch's zip layout with stand-in `torch` modules, then
+  reads it back with the torch-free reader (including a strided tensor)."""
+  import collections
+  import pickle
+  import sys
+  import types
+  import zipfile
+  from mer_jax.models import resnet_import
+
+  fake_torch, fake_utils = types.ModuleType('torch'), types.ModuleType('torch._utils')
+
+  class FloatStorage:
+    pass
+
+  def _rebuild_tensor_v2(*args):
+    raise AssertionError('only used by name when pickling')
+
+  FloatStorage.__module__, FloatStorage.__qualname__ = 'torch', 'FloatStorage'
+  _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = 'torch._utils', '_rebuild_tensor_v2'
+  fake_torch.FloatStorage, fake_utils._rebuild_tensor_v2 = FloatStorage, _rebuild_tensor_v2
+  fake_torch._utils = fake_utils
+  monkeypatch.setitem(sys.modules, 'torch', fake_torch)
+  monkeypatch.setitem(sys.modules, 'torch._utils', fake_utils)
+
+  class Storage:
+    def __init__(self, key, data):
+      self.key, self.data = key, data
+
+  class Tensor:
+    def __init__(self, storage, offset, size, stride):
+      self.args = (storage, offset, size, stride, False, collections.OrderedDict())
+
+    def __reduce__(self):
+      return _rebuild_tensor_v2, self.args
+
+  class Pickler(pickle.Pickler):
+    def persistent_id(self, obj):
+      if isinstance(obj, Storage):
+        return ('storage', FloatStorage, obj.key, 'cpu', obj.data.size)
+      return None
+
+  rng = np.random.default_rng(0)
+  conv = rng.standard_normal((4, 3, 2, 2)).astype(np.float32)
+  base = rng.standard_normal((6, 5)).astype(np.float32)
+  scalar = np.float32(3.5)
+  storages = {'0': Storage('0', conv.ravel()), '1': Storage('1', base.ravel()),
+              '2': Storage('2', np.array([0.0, scalar], np.float32))}
+  sd = collections.OrderedDict([
+      ('conv.weight', Tensor(storages['0'], 0, (4, 3, 2, 2), (12, 4, 2, 1))),
+      ('fc.weight', Tensor(storages['1'], 0, (5, 6), (1, 5))),  # a transposed view
+      ('count', Tensor(storages['2'], 1, (), ())),
+  ])
+  path = tmp_path / 'model.pth'
+  with zipfile.ZipFile(path, 'w') as z:
+    with z.open('model/data.pkl', 'w') as f:
+      Pickler(f, protocol=2).dump(sd)
+    for key, s in storages.items():
+      z.writestr(f'model/data/{key}', s.data.astype('<f4').tobytes())
+  monkeypatch.delitem(sys.modules, 'torch')
+  monkeypatch.delitem(sys.modules, 'torch._utils')
+  loaded = resnet_import.read_state_dict(str(path))
+  np.testing.assert_array_equal(loaded['conv.weight'], conv)
+  np.testing.assert_array_equal(loaded['fc.weight'], base.T)
+  assert loaded['count'].shape == () and float(loaded['count']) == scalar

@@ -8,7 +8,8 @@ The .pth reader does not need torch: a torch zip checkpoint is a pickle whose
 tensors point at raw little-endian storages inside the archive, and
 `read_torch_zip` rebuilds them as numpy arrays. When torch is importable it is
 not used either, so the result is the same on every machine. Plain .npz files
-with the state_dict's keys are accepted too.
+with the state_dict's keys are accepted too; the legacy (pre-1.6, non-zip)
+torch format is not: re-save such a file with a current torch, or as .npz.
 """
 
 from __future__ import annotations
