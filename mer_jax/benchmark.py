@@ -66,6 +66,16 @@ def benchmark_train_step(config, batch_size: int | None = None, repeats: int = 5
     if i >= warmup:
       times.append(time.perf_counter() - t0)
   med = statistics.median(times)
+  # Evaluation forward pass (no gradients, BatchNorm running statistics).
+  eval_fn = jax.jit(lambda st, b: st.apply_fn({'params': st.params, 'batch_stats': st.batch_stats},
+                                              b, train=False)['logits'],
+                    in_shardings=(repl, data), out_shardings=repl)
+  jax.block_until_ready(eval_fn(state, batch))
+  eval_times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(eval_fn(state, batch))
+    eval_times.append(time.perf_counter() - t0)
   result = {
       'model': config.model.name,
       'impl': config.model.get('impl', '-'),
@@ -78,6 +88,8 @@ def benchmark_train_step(config, batch_size: int | None = None, repeats: int = 5
       'step_s_min': min(times),
       'step_s_max': max(times),
       'samples_per_s': batch_size / med,
+      'eval_forward_s_median': statistics.median(eval_times),
+      'peak_rss_gib': _peak_rss_gib(),
       'devices': f'{jax.device_count()}x {jax.devices()[0].device_kind}',
       'loss_finite': bool(np.isfinite(float(out['loss']))),
   }
@@ -88,12 +100,19 @@ def benchmark_train_step(config, batch_size: int | None = None, repeats: int = 5
   return result
 
 
+def _peak_rss_gib() -> float:
+  """Peak resident memory of this process so far (Linux reports KiB)."""
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def format_rows(rows: list[dict]) -> str:
   cols = [('model', 'model', '{}'), ('impl', 'impl', '{}'), ('batch', 'batch_size', '{}'),
           ('params', 'num_params', '{:,}'), ('compile s', 'compile_s', '{:.1f}'),
           ('step s (median)', 'step_s_median', '{:.3f}'),
           ('step s (min-max)', None, None), ('samples/s', 'samples_per_s', '{:.2f}'),
-          ('temp MiB', 'temp_size_in_bytes', None)]
+          ('eval fwd s', 'eval_forward_s_median', '{:.3f}'),
+          ('XLA temp MiB', 'temp_size_in_bytes', None), ('peak RSS GiB', 'peak_rss_gib', '{:.2f}')]
   head = '| ' + ' | '.join(c[0] for c in cols) + ' |'
   lines = [head, '|' + '---|' * len(cols)]
   for r in rows:
@@ -101,7 +120,7 @@ def format_rows(rows: list[dict]) -> str:
     for name, key, fmt in cols:
       if name == 'step s (min-max)':
         cells.append(f"{r['step_s_min']:.3f}-{r['step_s_max']:.3f}")
-      elif name == 'temp MiB':
+      elif name == 'XLA temp MiB':
         cells.append(f"{r.get('temp_size_in_bytes', 0) / 2**20:.0f}")
       else:
         cells.append(fmt.format(r[key]))
