@@ -59,40 +59,17 @@ def _paper_shapes(c):
 
 
 def _synthetic(c):
-  c.dataset.name = 'synthetic_av/default'
-  c.dataset.num_classes = 6
+  config_lib.use_synthetic(c)
   c.model.update(d_model=64, seq_len=16, num_layers=2, aux_layers=1, d_ff=128, aux_d_ff=128,
                  dropout_rate=0.1, audio_channels=(16, 32, 64, 32), frame_stem_features=16,
                  frame_stage_features=(32, 64), frame_dim=64)
-  c.input.batch_size = 32
-  c.input.example_shapes = {'audio': (100, 20), 'video': (8, 64, 64, 3)}
-  c.input.augment.video_hflip = True
-  c.input.augment.audio_noise_std = 0.3
-  c.optim.optimizer = 'adamw'
-  c.optim.learning_rate = 1e-3
-  c.optim.weight_decay = 1e-4
-  c.optim.schedule = 'cosine'
-  c.optim.warmup_epochs = 1.0
-  c.train.num_epochs = 12
-  c.train.log_every_steps = 12
-  c.train.checkpoint_every_steps = 200
 
 
 def _tiny(c):
-  c.dataset.name = 'synthetic_av/small'
-  c.dataset.num_classes = 6
+  config_lib.use_tiny(c)
   c.model.update(d_model=16, seq_len=8, num_layers=1, aux_layers=1, num_heads=2, d_ff=32,
                  aux_d_ff=32, dropout_rate=0.1, audio_channels=(8, 8), frame_stem_features=8,
                  frame_stage_features=(8, 16), frame_dim=16)
-  c.input.batch_size = 8
-  c.input.eval_batch_size = 16
-  c.input.example_shapes = {'audio': (100, 20), 'video': (4, 32, 32, 3)}
-  c.input.shuffle_buffer = 256
-  c.optim.learning_rate = 3e-3
-  c.train.num_epochs = 2
-  c.train.log_every_steps = 2
-  c.train.checkpoint_every_steps = 4
-  c.train.progress_bar = False
 
 
 PRESETS = {

@@ -65,44 +65,22 @@ def get_config(arg: str = 'synthetic'):
   c.model.impl = 'auto'  # 'matmul' is the fast 1x1/depthwise path on CPU
 
   if preset == 'synthetic':
-    c.dataset.name = 'synthetic_av/default'
-    c.dataset.num_classes = 6
+    config_lib.use_synthetic(c, learning_rate=2e-3, num_epochs=14)
     c.model.d_model = 64
     c.model.audio_channels = (32, 64)
     c.model.frame_stem_features = 16
     c.model.frame_stage_features = (32, 64)
-    c.model.dropout_rate = 0.1
-    c.input.batch_size = 32
-    c.input.example_shapes = {'audio': (100, 20), 'video': (8, 64, 64, 3)}
-    c.input.augment.video_hflip = True
     c.input.augment.video_crop_pad = 2
     c.input.augment.audio_noise_std = 0.5
-    c.optim.optimizer = 'adamw'
-    c.optim.learning_rate = 2e-3
-    c.optim.weight_decay = 1e-4
-    c.optim.schedule = 'cosine'
-    c.optim.warmup_epochs = 1.0
-    c.train.num_epochs = 14
-    c.train.log_every_steps = 12
     c.train.checkpoint_every_steps = 100
   elif preset == 'tiny':
-    c.dataset.name = 'synthetic_av/small'
-    c.dataset.num_classes = 6
+    config_lib.use_tiny(c)
     c.model.d_model = 16
     c.model.audio_channels = (8, 16)
     c.model.frame_stem_features = 8
     c.model.frame_stage_features = (8, 16)
     c.model.it_heads = 2
     c.model.ct_heads = 2
-    c.input.batch_size = 8
-    c.input.eval_batch_size = 16
-    c.input.example_shapes = {'audio': (100, 20), 'video': (4, 32, 32, 3)}
-    c.input.shuffle_buffer = 256
-    c.optim.learning_rate = 3e-3
-    c.train.num_epochs = 2
-    c.train.log_every_steps = 2
-    c.train.checkpoint_every_steps = 4
-    c.train.progress_bar = False
   elif preset in ('ravdess', 'crema_d', 'cmu_mosei', 'paper_shapes'):
     _paper_training(c)
     _public_code_inputs(c)

@@ -37,45 +37,22 @@ def _paper_training(c):
 
 
 def _synthetic(c):
-  c.dataset.name = 'synthetic_av/default'
-  c.dataset.num_classes = 6
+  config_lib.use_synthetic(c)
   c.model.d_model = 64
   c.model.audio_layers = 2
   c.model.face_layers = 1
   c.model.face_channels = (16, 32, 64, 64)  # 4 pools: the mouth shape needs a wide receptive field
   c.model.face_stem_stride = 2  # full-resolution convs are slow on CPU and add nothing here
-  c.input.batch_size = 32
-  c.input.example_shapes = {'audio': (100, 20), 'video': (8, 64, 64, 3)}
-  c.input.augment.video_hflip = True
-  c.input.augment.audio_noise_std = 0.3
-  c.optim.optimizer = 'adamw'
-  c.optim.learning_rate = 1e-3
-  c.optim.weight_decay = 1e-4
-  c.optim.schedule = 'cosine'
-  c.optim.warmup_epochs = 1.0
-  c.train.num_epochs = 12
-  c.train.log_every_steps = 12
-  c.train.checkpoint_every_steps = 200
 
 
 def _tiny(c):
-  c.dataset.name = 'synthetic_av/small'
-  c.dataset.num_classes = 6
+  config_lib.use_tiny(c)
   c.model.d_model = 16
   c.model.audio_layers = 1
   c.model.face_layers = 1
   c.model.num_heads = 2
   c.model.d_ff_ratio = 2
   c.model.face_channels = (8, 16)
-  c.input.batch_size = 8
-  c.input.eval_batch_size = 16
-  c.input.example_shapes = {'audio': (100, 20), 'video': (4, 32, 32, 3)}
-  c.input.shuffle_buffer = 256
-  c.optim.learning_rate = 3e-3
-  c.train.num_epochs = 2
-  c.train.log_every_steps = 2
-  c.train.checkpoint_every_steps = 4
-  c.train.progress_bar = False
 
 
 def _ravdess(c):

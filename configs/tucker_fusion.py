@@ -46,40 +46,17 @@ PRESETS = {
 
 
 def _synthetic(c):
-  c.dataset.name = 'synthetic_av/default'
-  c.dataset.num_classes = 6
+  config_lib.use_synthetic(c, learning_rate=2e-3)
   c.model.update(d_model=64, t_common=16, audio_channels=(16, 32), resnet_stage_sizes=(1, 1, 1, 1),
                  resnet_widths=(16, 32, 64, 64), gru_hidden=32, rank_t=8, rank_a=32, rank_v=32,
                  fbp_dim=128, fbp_rank=2, dropout_rate=0.2)
-  c.input.batch_size = 32
-  c.input.example_shapes = {'audio': (100, 20), 'video': (8, 64, 64, 3)}
-  c.input.augment.video_hflip = True
-  c.input.augment.audio_noise_std = 0.3
-  c.optim.optimizer = 'adamw'
-  c.optim.learning_rate = 2e-3
-  c.optim.weight_decay = 1e-4
-  c.optim.schedule = 'cosine'
-  c.optim.warmup_epochs = 1.0
-  c.train.num_epochs = 12
-  c.train.log_every_steps = 12
-  c.train.checkpoint_every_steps = 200
 
 
 def _tiny(c):
-  c.dataset.name = 'synthetic_av/small'
-  c.dataset.num_classes = 6
+  config_lib.use_tiny(c)
   c.model.update(d_model=16, t_common=8, audio_channels=(8,), resnet_stage_sizes=(1, 1),
                  resnet_widths=(8, 16), gru_hidden=8, num_heads=2, rank_t=4, rank_a=8, rank_v=8,
                  fbp_dim=16, fbp_rank=1, dropout_rate=0.3)
-  c.input.batch_size = 8
-  c.input.eval_batch_size = 16
-  c.input.example_shapes = {'audio': (100, 20), 'video': (4, 32, 32, 3)}
-  c.input.shuffle_buffer = 256
-  c.optim.learning_rate = 3e-3
-  c.train.num_epochs = 2
-  c.train.log_every_steps = 2
-  c.train.checkpoint_every_steps = 4
-  c.train.progress_bar = False
 
 
 PRESETS.update(synthetic=_synthetic, tiny=_tiny)

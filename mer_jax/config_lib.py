@@ -84,3 +84,38 @@ def parse_modalities(spec) -> tuple[str, ...]:
   if isinstance(spec, str):
     return tuple(s.strip() for s in spec.split(',') if s.strip())
   return tuple(spec)
+
+
+def use_synthetic(c, learning_rate: float = 1e-3, num_epochs: int = 12) -> None:
+  """Data, input and schedule shared by every paper's `synthetic` preset
+  (the built-in `synthetic_av/default`: MFCC-20 x 100, 8 frames of 64x64)."""
+  c.dataset.name = 'synthetic_av/default'
+  c.dataset.num_classes = 6
+  c.input.batch_size = 32
+  c.input.example_shapes = {'audio': (100, 20), 'video': (8, 64, 64, 3)}
+  c.input.augment.video_hflip = True
+  c.input.augment.audio_noise_std = 0.3
+  c.optim.optimizer = 'adamw'
+  c.optim.learning_rate = learning_rate
+  c.optim.weight_decay = 1e-4
+  c.optim.schedule = 'cosine'
+  c.optim.warmup_epochs = 1.0
+  c.train.num_epochs = num_epochs
+  c.train.log_every_steps = 12
+  c.train.checkpoint_every_steps = 200
+
+
+def use_tiny(c) -> None:
+  """Data, input and schedule of every paper's `tiny` preset, for tests
+  (`synthetic_av/small`: 12 speakers, 4 frames of 32x32, 2 epochs)."""
+  c.dataset.name = 'synthetic_av/small'
+  c.dataset.num_classes = 6
+  c.input.batch_size = 8
+  c.input.eval_batch_size = 16
+  c.input.example_shapes = {'audio': (100, 20), 'video': (4, 32, 32, 3)}
+  c.input.shuffle_buffer = 256
+  c.optim.learning_rate = 3e-3
+  c.train.num_epochs = 2
+  c.train.log_every_steps = 2
+  c.train.checkpoint_every_steps = 4
+  c.train.progress_bar = False
