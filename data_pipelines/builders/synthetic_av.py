@@ -21,7 +21,6 @@ import tensorflow_datasets as tfds
 
 from data_pipelines.builders import synthetic_render as render
 from data_pipelines.features import audio as audio_features
-from data_pipelines.features import video as video_features
 
 
 @dataclasses.dataclass
@@ -41,22 +40,8 @@ class SyntheticAvConfig(tfds.core.BuilderConfig):
 
 def _make_example(key, cfg: SyntheticAvConfig):
   """Renders one clip and runs it through the shared feature code."""
-  speaker_id, cls, rep = key
-  spk = render.make_speaker(cfg.seed, speaker_id)
-  name = render.CLASS_NAMES[cls]
-  wave, frames = render.render_clip(
-      cfg.seed, spk, name, rep, cfg.duration_s, cfg.audio.sample_rate,
-      video_features.sample_frame_indices, cfg.num_frames, cfg.render_size)
-  audio = audio_features.extract_audio_features(wave, cfg.audio.sample_rate, cfg.audio)
-  video = video_features.resize_frames(frames, cfg.frame_size)
-  uid = f'spk{speaker_id:03d}_{name}_{rep:02d}'
-  return uid, {
-      'id': uid,
-      'audio': audio,
-      'video': video,
-      'label': cls,
-      'speaker': speaker_id,
-  }
+  return render.make_example(key, cfg.seed, cfg.duration_s, cfg.num_frames, cfg.frame_size,
+                             cfg.render_size, cfg.audio)
 
 
 class SyntheticAv(tfds.core.GeneratorBasedBuilder):
@@ -103,7 +88,11 @@ class SyntheticAv(tfds.core.GeneratorBasedBuilder):
     cfg = self.builder_config
     keys = [(int(s), c, r) for s in speaker_ids
             for c in range(len(render.CLASS_NAMES)) for r in range(cfg.repetitions)]
-    work = functools.partial(_make_example, cfg=cfg)
+    # Workers get plain settings: this module may be imported under another
+    # name (the tfds CLI loads it by path), which a spawned worker cannot unpickle.
+    work = functools.partial(render.make_example, seed=cfg.seed, duration_s=cfg.duration_s,
+                             num_frames=cfg.num_frames, frame_size=cfg.frame_size,
+                             render_size=cfg.render_size, audio_cfg=cfg.audio)
     procs = min(len(keys), os.cpu_count() or 1)
     if procs <= 1:
       yield from map(work, keys)

@@ -220,3 +220,23 @@ def render_clip(seed: int, spk: Speaker, class_name: str, repetition: int,
     frames.append(render_face(spk, valence, mouth_open, int(i), pose[i], bool(blinks[i]),
                               render_size, rng))
   return wave, np.stack(frames)
+
+
+def make_example(key, seed: int, duration_s: float, num_frames: int, frame_size: int,
+                 render_size: int, audio_cfg) -> tuple[str, dict]:
+  """(speaker, class, repetition) -> (key, example) through the shared feature code."""
+  from data_pipelines.features import audio as audio_features
+  from data_pipelines.features import video as video_features
+  speaker_id, cls, rep = key
+  spk = make_speaker(seed, speaker_id)
+  name = CLASS_NAMES[cls]
+  wave, frames = render_clip(seed, spk, name, rep, duration_s, audio_cfg.sample_rate,
+                             video_features.sample_frame_indices, num_frames, render_size)
+  uid = f'spk{speaker_id:03d}_{name}_{rep:02d}'
+  return uid, {
+      'id': uid,
+      'audio': audio_features.extract_audio_features(wave, audio_cfg.sample_rate, audio_cfg),
+      'video': video_features.resize_frames(frames, frame_size),
+      'label': cls,
+      'speaker': speaker_id,
+  }
