@@ -12,4 +12,6 @@ setup(
                                     'data_pipelines.*', 'experiments', 'experiments.*']),
     python_requires='>=3.10',
     install_requires=requirements,
+    # `tfds build` imports these at start-up; `python -m data_pipelines.build` does not need them.
+    extras_require={'tfds-cli': ['apache-beam', 'mlcroissant']},
 )
