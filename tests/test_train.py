@@ -125,3 +125,14 @@ def test_two_processes_train_together(tiny_data_dir, tmp_path):
   assert res['steps'] == 4
   assert res['test']['num_examples'] == 36  # each example once across both processes
   assert 'on 2 devices' in outs[0]
+
+
+def test_early_stopping_ends_the_run(tiny_data_dir, tmp_path):
+  # With a zero learning rate validation never improves after the first epoch.
+  workdir = tmp_path / 'early'
+  _run(_main_cmd(workdir, tiny_data_dir, '--config.optim.learning_rate=0.0',
+                 '--config.train.num_epochs=6', '--config.train.early_stopping_patience=2'))
+  res = _results(workdir)
+  assert res['early_stopped'] is True
+  assert res['epochs'] == 3 and res['steps'] == 27  # best at epoch 1, then 2 without gain
+  assert res['best_step'] == 9
