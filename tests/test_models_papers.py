@@ -195,6 +195,26 @@ def test_attsf_fusion_variants_and_ablations():
     assert ('L_sim' in aux) == config.model.use_sab
 
 
+def test_attsf_text_stream_joins_at_the_concatenation():
+  config = _config('attsf_net')
+  config.model.use_text = True
+  config.input.example_shapes = dict(config.input.example_shapes.to_dict(), text=(12, 20))
+  batch = _random_batch(config)
+  model = models.build(config.model, 6)
+  variables = _init(model, batch)
+  assert 'avam_text_0' in variables['params'] and 'text_proj' in variables['params']
+  out = model.apply(variables, batch, train=False)['logits']
+  chex.assert_shape(out, (B, 6))
+  changed = dict(batch, text=batch['text'] + 1.0)
+  assert not np.allclose(out, model.apply(variables, changed, train=False)['logits'])
+  # A missing transcript contributes nothing.
+  hidden = bc.mask_modalities(batch, ['text'])
+  hidden_changed = dict(hidden, text=hidden['text'] + 1.0)
+  np.testing.assert_allclose(model.apply(variables, hidden, train=False)['logits'],
+                             model.apply(variables, hidden_changed, train=False)['logits'],
+                             atol=1e-5)
+
+
 def test_tucker_model_naive_path_matches():
   config = _config('tucker_fusion')
   batch = _random_batch(config)

@@ -111,6 +111,9 @@ class ATTSFNet(nn.Module):
   use_audio_aux: bool = True
   use_video_aux: bool = True
   fusion: str = 'sum'  # 'sum' (ATTSF-Net) | 'l2' (ATTSF-L2) | 'gat' (ATTSF-Gat)
+  # IEMOCAP A+V+T (Section IV-A): text features go through an AVAM-style encoder
+  # and join only at the concatenation before the classifier.
+  use_text: bool = False
   impl: str = 'auto'
 
   def _fuse(self, main, aux, name):
@@ -191,6 +194,16 @@ class ATTSFNet(nn.Module):
                                       name=f'sab_{i}')(t, a, v, train)
       out['sab_token'] = t[:, 0]
       feats.append(t[:, 0])
+
+    if self.use_text:
+      if 'text' not in batch:
+        raise ValueError("use_text=True but the batch has no 'text' features")
+      m_t = bc.modality_mask(batch, 'text')
+      h = nn.Dense(d, name='text_proj')(batch['text'].astype(jnp.float32))
+      for i in range(self.aux_layers):
+        h = layers.TransformerLayer(self.num_heads, self.aux_d_ff, self.dropout_rate,
+                                    activation=nn.relu, name=f'avam_text_{i}')(h, train)
+      feats.append(h.mean(axis=1) * m_t[:, None])
 
     h = drop(jnp.concatenate(feats, axis=-1))
     out['logits'] = nn.Dense(self.num_classes, name='classifier')(h)
