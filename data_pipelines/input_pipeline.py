@@ -14,7 +14,7 @@ from __future__ import annotations
 from mer_jax.log import logger as logging
 import math
 import os
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 

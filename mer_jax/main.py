@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-from mer_jax.log import logger as logging
 
 from absl import app, flags
 from ml_collections import config_flags

@@ -9,7 +9,6 @@ best checkpoint on the validation and test splits and writes
 
 from __future__ import annotations
 
-import functools
 import json
 from mer_jax.log import logger as logging
 import math
@@ -17,7 +16,6 @@ import os
 import time
 from typing import Any, Callable
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

@@ -7,7 +7,6 @@ import json
 import sys
 
 import jax
-import numpy as np
 
 
 def main():

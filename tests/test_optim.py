@@ -1,10 +1,7 @@
 """Optimisers and schedules built from config."""
 
-import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 import pytest
 
 from mer_jax import config_lib, optim
