@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-
 from absl import app, flags
 from ml_collections import config_flags
 
