@@ -11,14 +11,14 @@ batches so multi-host evaluation stays in lock-step.
 
 from __future__ import annotations
 
-from mer_jax.log import logger as logging
+from mer_jax.contract import logger as logging
 import math
 import os
 from typing import Iterator
 
 import numpy as np
 
-from mer_jax import batch_contract as bc
+from mer_jax import contract as bc
 
 _CONTRACT_KEYS = ('audio', 'video', 'text', 'physio', 'label', 'soft_label')
 

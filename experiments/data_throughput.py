@@ -122,7 +122,7 @@ def read_rate(example, features, records, batch_size) -> dict:
 
 def main(argv):
   del argv
-  from mer_jax.log import quiet_libraries
+  from mer_jax.contract import quiet_libraries
   quiet_libraries()
   import numpy as np
   import tensorflow_datasets as tfds

@@ -57,7 +57,7 @@ def profile_papers(preset: str, papers, batch_size: int = 0, repeats: int = 5,
 
 def main(argv):
   del argv
-  from mer_jax import log, profiling
+  from mer_jax import contract as log, profiling
   log.quiet_libraries()
   import jax
   preset = FLAGS.preset or ('tiny' if FLAGS.tiny else 'paper_shapes')

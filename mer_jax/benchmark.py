@@ -129,7 +129,7 @@ def format_rows(rows: list[dict]) -> str:
 
 def main(argv):
   from absl import flags
-  from mer_jax import log
+  from mer_jax import contract as log
   log.quiet_libraries()
   FLAGS = flags.FLAGS
   config = FLAGS.config

@@ -21,7 +21,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mer_jax import batch_contract as bc
+from mer_jax import contract as bc
 
 
 def settings(corrupt_cfg) -> dict:

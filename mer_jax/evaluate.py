@@ -18,14 +18,14 @@ evaluating the best checkpoint on the test split reproduces results.json.
 from __future__ import annotations
 
 import json
-from mer_jax.log import logger as logging
+from mer_jax.contract import logger as logging
 import os
 
 import jax
 import numpy as np
 
 from data_pipelines import folds, input_pipeline
-from mer_jax import batch_contract as bc
+from mer_jax import contract as bc
 from mer_jax import checkpointing, corruption, metrics as metrics_lib, plots, sharding, train
 
 

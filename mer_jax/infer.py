@@ -132,7 +132,7 @@ def run_timeline(workdir: str, video_path: Optional[str] = None, audio_path: Opt
   """Runs the sliding window; writes timeline.csv/.json/.png; returns the timeline."""
   import jax
   from data_pipelines.features import clip
-  from mer_jax import batch_contract as bc, plots
+  from mer_jax import contract as bc, plots
 
   config, model, variables, labels = load_run(workdir, checkpoint)
   audio_cfg, video_cfg, clip_s = feature_configs(config)
@@ -197,7 +197,7 @@ def run_timeline(workdir: str, video_path: Optional[str] = None, audio_path: Opt
 
 def main(argv):
   from absl import flags
-  from mer_jax import log
+  from mer_jax import contract as log
   log.quiet_libraries()
   FLAGS = flags.FLAGS
   if len(argv) != 2 and not FLAGS.audio:

@@ -32,38 +32,19 @@ def classification_loss(outputs, batch, loss_config):
   return ce, {'ce': ce}
 
 
-def _valid(batch):
+def valid_weights(batch):
   return batch.get('valid', jnp.ones_like(batch['label'], jnp.float32))
 
 
-def _cfg(loss_config, name, default):
+def cfg_get(loss_config, name, default):
   return loss_config.get(name, default) if loss_config else default
 
 
 def auxiliary_ce(outputs, batch, key: str, modality: str, smoothing: float = 0.0):
   """Mean CE of `outputs[key]` over valid examples where `modality` is present."""
-  from mer_jax import batch_contract as bc
-  weights = _valid(batch) * bc.modality_mask(batch, modality)
+  from mer_jax import contract as bc
+  weights = valid_weights(batch) * bc.modality_mask(batch, modality)
   return weighted_mean(cross_entropy(outputs[key], batch, smoothing), weights)
-
-
-def mmt_ca_loss(outputs, batch, loss_config):
-  """CE on the decision plus `unimodal_weight` x CE of each unimodal head present.
-
-  The unimodal terms keep each branch a classifier of its own, which late and
-  hybrid fusion combine; a modality missing from an example adds nothing.
-  """
-  smoothing = _cfg(loss_config, 'label_smoothing', 0.0)
-  ce, aux = classification_loss(outputs, batch, loss_config)
-  total = ce
-  w = _cfg(loss_config, 'unimodal_weight', 0.0)
-  for key, modality in (('audio_logits', 'audio'), ('face_logits', 'video')):
-    if w and key in outputs:
-      term = auxiliary_ce(outputs, batch, key, modality, smoothing)
-      aux[f'ce_{modality}'] = term
-      total = total + w * term
-  aux['total'] = total
-  return total, aux
 
 
 def gaussian_kl(mu1, var1, mu2, var2, eps: float = 1e-6):
@@ -104,31 +85,6 @@ def kl_similarity_loss(learn, a2v, v2a, mode: str = 'feature'):
   return jnp.broadcast_to(out, (learn.shape[0],))
 
 
-def attsf_loss(outputs, batch, loss_config):
-  """ATTSF-Net Eq. 18: L_av + lambda_a L_a + lambda_v L_v + lambda_sim L_sim."""
-  smoothing = _cfg(loss_config, 'label_smoothing', 0.0)
-  valid = _valid(batch)
-  l_av, aux = classification_loss(outputs, batch, loss_config)
-  aux = {'L_av': l_av}
-  total = l_av
-  for key, name, modality in (('audio_aux_logits', 'lambda_a', 'audio'),
-                              ('video_aux_logits', 'lambda_v', 'video')):
-    if key in outputs:
-      term = auxiliary_ce(outputs, batch, key, modality, smoothing)
-      aux['L_' + modality[0]] = term
-      total = total + _cfg(loss_config, name, 0.5) * term
-  if 'sab_token' in outputs:
-    from mer_jax import batch_contract as bc
-    both = bc.modality_mask(batch, 'audio') * bc.modality_mask(batch, 'video')
-    sim = kl_similarity_loss(outputs['sab_token'], outputs['pooled_a2v'], outputs['pooled_v2a'],
-                             _cfg(loss_config, 'sim_stats', 'feature'))
-    l_sim = weighted_mean(sim, valid * both)
-    aux['L_sim'] = l_sim
-    total = total + _cfg(loss_config, 'lambda_sim', 0.3) * l_sim
-  aux['total'] = total
-  return total, aux
-
-
 def info_nce(anchors, positives, weights, temperature: float = 0.1):
   """InfoNCE over cosine similarities (OF-CMAER-CAT Eqs. 15-17), one direction.
 
@@ -162,26 +118,3 @@ def multimodal_info_nce(pooled, mask, valid, temperature: float = 0.1):
 def weight_entropy(weights, eps: float = 1e-8):
   """R_ent = -sum_i w_i log(w_i + eps), per example (Eq. 18)."""
   return -jnp.sum(weights * jnp.log(weights + eps), axis=-1)
-
-
-def ofcmaer_loss(outputs, batch, loss_config):
-  """OF-CMAER-CAT Eq. 19: l1 CE + l2 L_con + l3 L_rec + l4 * sign * R_ent.
-
-  The weight-decay term l5 ||Theta||^2 is applied by the optimiser (config
-  optim.weight_decay). `entropy_sign` = -1 rewards entropy, as the text says
-  the term should keep any one modality from dominating; +1 is Eq. 19 as printed.
-  """
-  valid = _valid(batch)
-  l_cls, _ = classification_loss(outputs, batch, loss_config)
-  mask = outputs['modality_mask']
-  pooled = outputs['pooled_embeddings']
-  l_con = multimodal_info_nce(pooled, mask, valid, _cfg(loss_config, 'temperature', 0.1))
-  # Reconstruct each present modality's pooled embedding from the fused one.
-  err = jnp.mean((outputs['reconstructions'] - jax.lax.stop_gradient(pooled)) ** 2, -1)  # [B, M]
-  l_rec = jnp.sum(err * mask * valid[:, None]) / jnp.maximum(jnp.sum(mask * valid[:, None]), 1.0)
-  r_ent = weighted_mean(weight_entropy(outputs['modality_weights']), valid)
-  total = (_cfg(loss_config, 'lambda1', 1.0) * l_cls
-           + _cfg(loss_config, 'lambda2', 0.1) * l_con
-           + _cfg(loss_config, 'lambda3', 0.1) * l_rec
-           + _cfg(loss_config, 'lambda4', 0.01) * _cfg(loss_config, 'entropy_sign', -1.0) * r_ent)
-  return total, {'ce': l_cls, 'L_con': l_con, 'L_rec': l_rec, 'R_ent': r_ent, 'total': total}

@@ -35,7 +35,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from mer_jax import log
+  from mer_jax import contract as log
   log.quiet_libraries()
   from mer_jax import sharding
   sharding.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,

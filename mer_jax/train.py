@@ -10,7 +10,7 @@ best checkpoint on the validation and test splits and writes
 from __future__ import annotations
 
 import json
-from mer_jax.log import logger as logging
+from mer_jax.contract import logger as logging
 import math
 import os
 import time
@@ -24,7 +24,7 @@ import optax
 from flax.training import train_state
 
 from data_pipelines import folds, input_pipeline
-from mer_jax import batch_contract as bc
+from mer_jax import contract as bc
 from mer_jax import checkpointing, config_lib, corruption, metrics as metrics_lib, models, optim, sharding, writers
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from mer_jax.log import logger as logging
+from mer_jax.contract import logger as logging
 import os
 import sys
 import time

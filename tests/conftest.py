@@ -15,7 +15,7 @@ SHARED_DATA = ROOT.parent / 'shared' / 'data'
 @pytest.fixture(scope='session')
 def tiny_data_dir(tmp_path_factory):
   """TFDS data_dir holding `synthetic_av/small` (12 speakers, 4 frames of 32x32)."""
-  from mer_jax.log import quiet_libraries
+  from mer_jax.contract import quiet_libraries
   from data_pipelines import input_pipeline
   from configs import avt_ca
   quiet_libraries()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import avt_ca as avt_ca_config
-from mer_jax import batch_contract as bc
+from mer_jax import contract as bc
 from mer_jax import benchmark, models
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from configs import avt_ca as avt_ca_config
 from data_pipelines import input_pipeline
-from mer_jax import batch_contract as bc
+from mer_jax import contract as bc
 
 
 @pytest.fixture(scope='module')

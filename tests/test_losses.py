@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 
 from mer_jax import losses
-from mer_jax.models import ofcmaer_cat
+from mer_jax.models import attsf_net, mmt_ca, ofcmaer_cat
 
 
 def _full_cov_kl(mu1, var1, mu2, var2):
@@ -99,8 +99,8 @@ def test_entropy_sign_is_explicit():
   batch = {'label': jnp.zeros((2,), jnp.int32), 'valid': jnp.ones((2,))}
   cfg = lambda sign: ml_collections.ConfigDict(dict(lambda1=0.0, lambda2=0.0, lambda3=0.0,
                                                     lambda4=1.0, entropy_sign=sign))
-  lo, aux = losses.ofcmaer_loss(outputs, batch, cfg(-1.0))
-  hi, _ = losses.ofcmaer_loss(outputs, batch, cfg(1.0))
+  lo, aux = ofcmaer_cat.loss(outputs, batch, cfg(-1.0))
+  hi, _ = ofcmaer_cat.loss(outputs, batch, cfg(1.0))
   np.testing.assert_allclose(aux['R_ent'], np.log(2), rtol=1e-5)
   np.testing.assert_allclose(lo, -np.log(2), rtol=1e-5)
   np.testing.assert_allclose(hi, np.log(2), rtol=1e-5)
@@ -115,7 +115,7 @@ def test_attsf_loss_weights_as_named():
   batch = {'label': jnp.asarray([0, 1, 2, 1]), 'valid': jnp.ones((4,)), 'mask': jnp.ones((4, 4))}
   cfg = ml_collections.ConfigDict(dict(lambda_a=0.5, lambda_v=0.5, lambda_sim=0.3,
                                        sim_stats='feature'))
-  total, aux = losses.attsf_loss(outputs, batch, cfg)
+  total, aux = attsf_net.loss(outputs, batch, cfg)
   want = aux['L_av'] + 0.5 * aux['L_a'] + 0.5 * aux['L_v'] + 0.3 * aux['L_sim']
   np.testing.assert_allclose(total, want, rtol=1e-6)
   ce = lambda lg: float(jnp.mean(-jax.nn.log_softmax(lg)[jnp.arange(4), batch['label']]))
@@ -128,6 +128,6 @@ def test_mmt_ca_loss_skips_absent_modality():
   batch = {'label': jnp.asarray([0, 1]), 'valid': jnp.ones((2,)),
            'mask': jnp.asarray([[1.0, 0.0, 0, 0], [1.0, 0.0, 0, 0]])}
   cfg = ml_collections.ConfigDict(dict(unimodal_weight=0.5))
-  total, aux = losses.mmt_ca_loss(outputs, batch, cfg)
+  total, aux = mmt_ca.loss(outputs, batch, cfg)
   assert float(aux['ce_video']) == 0.0
   np.testing.assert_allclose(total, aux['ce'] * 1.5, rtol=1e-6)

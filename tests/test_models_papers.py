@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mer_jax import batch_contract as bc
+from mer_jax import contract as bc
 from mer_jax import models, train
 
 PAPERS = ['ofcmaer_cat', 'tucker_fusion', 'attsf_net', 'mmt_ca']

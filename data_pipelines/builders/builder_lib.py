@@ -22,7 +22,7 @@ import os
 import threading
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
-from absl import logging
+from mer_jax.contract import logger as logging
 
 # Worker count for builds; 1 runs in-process (tests, debugging).
 WORKERS_ENV = 'MER_JAX_BUILD_WORKERS'

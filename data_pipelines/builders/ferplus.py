@@ -37,7 +37,7 @@ import re
 
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import logging
+from mer_jax.contract import logger as logging
 
 from data_pipelines.builders import builder_lib
 

@@ -50,7 +50,7 @@ from typing import Optional
 
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import logging
+from mer_jax.contract import logger as logging
 
 from data_pipelines.builders import builder_lib
 from data_pipelines.features import audio as audio_features

@@ -1,42 +1,51 @@
-"""Model registry: a paper is a module, a loss and a line here."""
+"""Model registry: one explicit table, a paper's module and its loss side by side.
+
+Each paper module defines its Flax module and `loss(outputs, batch, loss_config)
+-> (scalar, dict of scalars)`; adding a paper is a file here and a row below.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Callable
 
-from mer_jax import losses
+from mer_jax.models import attsf_net, avt_ca, mmt_ca, ofcmaer_cat, tucker_fusion
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
   module_cls: Any
   loss_fn: Callable  # (outputs, batch, loss_config) -> (scalar loss, dict of scalars)
+  paper: str
 
 
-_REGISTRY: dict[str, ModelEntry] = {}
-
-
-def register(name: str, module_cls, loss_fn: Callable = losses.classification_loss):
-  _REGISTRY[name] = ModelEntry(module_cls, loss_fn)
+REGISTRY: dict[str, ModelEntry] = {
+    'ofcmaer_cat': ModelEntry(ofcmaer_cat.OFCMAERCAT, ofcmaer_cat.loss, '000'),
+    'tucker_fusion': ModelEntry(tucker_fusion.TuckerCrossAttentionFusion, tucker_fusion.loss, '001'),
+    'avt_ca': ModelEntry(avt_ca.AVTCA, avt_ca.loss, '002'),
+    'attsf_net': ModelEntry(attsf_net.ATTSFNet, attsf_net.loss, '003'),
+    'mmt_ca': ModelEntry(mmt_ca.MMTCA, mmt_ca.loss, '004'),
+}
 
 
 def get(name: str) -> ModelEntry:
-  _ensure_registered()
-  if name not in _REGISTRY:
-    raise ValueError(f'unknown model {name!r}; registered: {sorted(_REGISTRY)}')
-  return _REGISTRY[name]
+  if name not in REGISTRY:
+    raise ValueError(f'unknown model {name!r}; registered: {sorted(REGISTRY)}')
+  return REGISTRY[name]
 
 
 def names() -> list[str]:
-  _ensure_registered()
-  return sorted(_REGISTRY)
+  return sorted(REGISTRY)
 
 
 def build(model_config, num_classes: int):
-  """Instantiates the module named by `model_config.name` with the other fields."""
+  """Instantiates the module named by `model_config.name` with the other fields.
+
+  Fields under `model_config.init` (pretrained initialisation) are not module
+  arguments and are skipped.
+  """
   entry = get(model_config.name)
-  kwargs = {k: _to_python(v) for k, v in model_config.items() if k != 'name'}
+  kwargs = {k: _to_python(v) for k, v in model_config.items() if k not in ('name', 'init')}
   return entry.module_cls(num_classes=num_classes, **kwargs)
 
 
@@ -46,19 +55,3 @@ def _to_python(v):
   if isinstance(v, list):
     return tuple(_to_python(x) for x in v)
   return v
-
-
-def _ensure_registered():
-  # Imported lazily so that `mer_jax.models.layers` has no import cycle.
-  if _REGISTRY:
-    return
-  from mer_jax.models import avt_ca
-  register('avt_ca', avt_ca.AVTCA)
-  from mer_jax.models import mmt_ca
-  register('mmt_ca', mmt_ca.MMTCA, losses.mmt_ca_loss)
-  from mer_jax.models import attsf_net
-  register('attsf_net', attsf_net.ATTSFNet, losses.attsf_loss)
-  from mer_jax.models import ofcmaer_cat
-  register('ofcmaer_cat', ofcmaer_cat.OFCMAERCAT, losses.ofcmaer_loss)
-  from mer_jax.models import tucker_fusion
-  register('tucker_fusion', tucker_fusion.TuckerCrossAttentionFusion)

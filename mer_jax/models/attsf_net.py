@@ -33,7 +33,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mer_jax import batch_contract as bc
+from mer_jax import contract as bc
+from mer_jax import losses
 from mer_jax.models import encoders, layers
 
 Array = jax.Array
@@ -208,3 +209,27 @@ class ATTSFNet(nn.Module):
     h = drop(jnp.concatenate(feats, axis=-1))
     out['logits'] = nn.Dense(self.num_classes, name='classifier')(h)
     return out
+
+
+def loss(outputs, batch, loss_config):
+  """ATTSF-Net Eq. 18: L_av + lambda_a L_a + lambda_v L_v + lambda_sim L_sim."""
+  smoothing = losses.cfg_get(loss_config, 'label_smoothing', 0.0)
+  valid = losses.valid_weights(batch)
+  l_av, aux = losses.classification_loss(outputs, batch, loss_config)
+  aux = {'L_av': l_av}
+  total = l_av
+  for key, name, modality in (('audio_aux_logits', 'lambda_a', 'audio'),
+                              ('video_aux_logits', 'lambda_v', 'video')):
+    if key in outputs:
+      term = losses.auxiliary_ce(outputs, batch, key, modality, smoothing)
+      aux['L_' + modality[0]] = term
+      total = total + losses.cfg_get(loss_config, name, 0.5) * term
+  if 'sab_token' in outputs:
+    both = bc.modality_mask(batch, 'audio') * bc.modality_mask(batch, 'video')
+    sim = losses.kl_similarity_loss(outputs['sab_token'], outputs['pooled_a2v'], outputs['pooled_v2a'],
+                             losses.cfg_get(loss_config, 'sim_stats', 'feature'))
+    l_sim = losses.weighted_mean(sim, valid * both)
+    aux['L_sim'] = l_sim
+    total = total + losses.cfg_get(loss_config, 'lambda_sim', 0.3) * l_sim
+  aux['total'] = total
+  return total, aux

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from mer_jax.models import encoders, layers
-from mer_jax import batch_contract as bc
+from mer_jax import contract as bc
+from mer_jax import losses
 
 Array = jax.Array
 
@@ -94,3 +95,7 @@ class AVTCA(nn.Module):
     pooled = nn.Dropout(self.head_dropout)(pooled, deterministic=not train)
     logits = nn.Dense(self.num_classes, name='classifier')(pooled)
     return {'logits': logits}
+
+
+# Plain cross-entropy on the logits; the paper adds no other term.
+loss = losses.classification_loss

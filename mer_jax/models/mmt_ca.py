@@ -36,7 +36,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mer_jax import batch_contract as bc
+from mer_jax import contract as bc
+from mer_jax import losses
 from mer_jax.models import encoders, layers
 
 Array = jax.Array
@@ -144,3 +145,22 @@ class MMTCA(nn.Module):
       w = jax.nn.softmax(s)
       out['logits'] = sum(w[i] * d for i, d in enumerate(decisions))
     return out
+
+
+def loss(outputs, batch, loss_config):
+  """CE on the decision plus `unimodal_weight` x CE of each unimodal head present.
+
+  The unimodal terms keep each branch a classifier of its own, which late and
+  hybrid fusion combine; a modality missing from an example adds nothing.
+  """
+  smoothing = losses.cfg_get(loss_config, 'label_smoothing', 0.0)
+  ce, aux = losses.classification_loss(outputs, batch, loss_config)
+  total = ce
+  w = losses.cfg_get(loss_config, 'unimodal_weight', 0.0)
+  for key, modality in (('audio_logits', 'audio'), ('face_logits', 'video')):
+    if w and key in outputs:
+      term = losses.auxiliary_ce(outputs, batch, key, modality, smoothing)
+      aux[f'ce_{modality}'] = term
+      total = total + w * term
+  aux['total'] = total
+  return total, aux

@@ -43,7 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mer_jax import batch_contract as bc
+from mer_jax import contract as bc
+from mer_jax import losses
 from mer_jax.models import encoders, layers
 
 Array = jax.Array
@@ -180,3 +181,26 @@ class OFCMAERCAT(nn.Module):
     recon = jnp.stack([nn.Dense(d, name=f'reconstruct_{n}')(h) for n in names], axis=1)
     return {'logits': logits, 'pooled_embeddings': pooled, 'reconstructions': recon,
             'modality_weights': weights, 'modality_mask': mask}
+
+
+def loss(outputs, batch, loss_config):
+  """OF-CMAER-CAT Eq. 19: l1 CE + l2 L_con + l3 L_rec + l4 * sign * R_ent.
+
+  The weight-decay term l5 ||Theta||^2 is applied by the optimiser (config
+  optim.weight_decay). `entropy_sign` = -1 rewards entropy, as the text says
+  the term should keep any one modality from dominating; +1 is Eq. 19 as printed.
+  """
+  valid = losses.valid_weights(batch)
+  l_cls, _ = losses.classification_loss(outputs, batch, loss_config)
+  mask = outputs['modality_mask']
+  pooled = outputs['pooled_embeddings']
+  l_con = losses.multimodal_info_nce(pooled, mask, valid, losses.cfg_get(loss_config, 'temperature', 0.1))
+  # Reconstruct each present modality's pooled embedding from the fused one.
+  err = jnp.mean((outputs['reconstructions'] - jax.lax.stop_gradient(pooled)) ** 2, -1)  # [B, M]
+  l_rec = jnp.sum(err * mask * valid[:, None]) / jnp.maximum(jnp.sum(mask * valid[:, None]), 1.0)
+  r_ent = losses.weighted_mean(losses.weight_entropy(outputs['modality_weights']), valid)
+  total = (losses.cfg_get(loss_config, 'lambda1', 1.0) * l_cls
+           + losses.cfg_get(loss_config, 'lambda2', 0.1) * l_con
+           + losses.cfg_get(loss_config, 'lambda3', 0.1) * l_rec
+           + losses.cfg_get(loss_config, 'lambda4', 0.01) * losses.cfg_get(loss_config, 'entropy_sign', -1.0) * r_ent)
+  return total, {'ce': l_cls, 'L_con': l_con, 'L_rec': l_rec, 'R_ent': r_ent, 'total': total}

@@ -28,7 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mer_jax import batch_contract as bc
+from mer_jax import contract as bc
+from mer_jax import losses
 from mer_jax.models import encoders, layers, resnet
 
 Array = jax.Array
@@ -130,3 +131,7 @@ def with_pretrained_resnet(variables: dict, resnet_variables: dict) -> dict:
   out['params']['resnet'] = resnet_variables['params']
   out.setdefault('batch_stats', {})['resnet'] = resnet_variables['batch_stats']
   return out
+
+
+# Plain cross-entropy on the logits; the paper adds no other term.
+loss = losses.classification_loss

@@ -1,4 +1,6 @@
-"""The one batch contract between input pipelines and models.
+"""The leaf both packages import: the batch contract and the project's logger.
+
+The batch contract between input pipelines and models.
 
 A batch is a dict of arrays with a leading batch axis B:
 
@@ -16,6 +18,8 @@ Modalities a dataset lacks are absent from the dict and 0 in 'mask', never faked
 
 from __future__ import annotations
 
+import logging as _logging
+import sys
 from typing import Iterable
 
 import jax.numpy as jnp
@@ -70,3 +74,20 @@ def _np_set(mask, idx):
   mask = np.array(mask)
   mask[:, idx] = 0.0
   return mask
+
+
+# The project's logger: progress lines at INFO, libraries' chatter kept at WARNING.
+logger = _logging.getLogger('mer_jax')
+if not logger.handlers:
+  _handler = _logging.StreamHandler(sys.stderr)
+  _handler.setFormatter(_logging.Formatter('%(asctime)s %(levelname).1s %(message)s', '%H:%M:%S'))
+  logger.addHandler(_handler)
+  logger.setLevel(_logging.INFO)
+  logger.propagate = False
+
+
+def quiet_libraries():
+  """absl-logging libraries (orbax, TFDS) log every checkpoint at INFO; keep warnings only."""
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  _logging.getLogger('absl').setLevel(_logging.WARNING)
