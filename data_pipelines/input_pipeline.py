@@ -81,6 +81,14 @@ def _to_contract(example):
   else:
     out['mask'] = tf.constant(present, tf.float32)
   out['valid'] = tf.constant(1.0, tf.float32)
+  for m in bc.MODALITIES:  # per-time-step validity from the stored true length
+    if m in out and len(out[m].shape) >= 2:
+      steps = tf.shape(out[m])[0]
+      if f'{m}_length' in example:
+        n = tf.cast(example[f'{m}_length'], tf.int32)
+        out[f'{m}_valid'] = tf.cast(tf.range(steps) < n, tf.float32)
+      else:
+        out[f'{m}_valid'] = tf.ones([steps], tf.float32)
   return out
 
 

@@ -11,7 +11,13 @@ A batch is a dict of arrays with a leading batch axis B:
   'label'  i32[B]                  class index
   'mask'   f32[B, len(MODALITIES)] 1 where the modality is present, in MODALITIES order
   'valid'  f32[B]                  1 for real examples, 0 for evaluation padding
-  'soft_label' f32[B, C]           optional label distribution (vote-based datasets)
+  'soft_label' f32[B, C]           optional label distribution (vote-based datasets); the
+                                   loss uses it only with config.loss.soft_labels
+  '<modality>_valid' f32[B, T]     per-time-step validity of a sequential modality: 1 for a
+                                   real step, 0 for padding (short utterances, frames without
+                                   a face, padded words). Builders store the number of real
+                                   steps as the int feature '<modality>_length'; the input
+                                   pipeline turns it into this mask (all ones without it).
 
 Modalities a dataset lacks are absent from the dict and 0 in 'mask', never faked.
 """
@@ -41,6 +47,15 @@ def modality_mask(batch, name: str):
     return batch['mask'][:, modality_index(name)].astype(jnp.float32)
   return jnp.ones((batch['label'].shape[0],), jnp.float32) if name in batch else \
       jnp.zeros((batch['label'].shape[0],), jnp.float32)
+
+
+def time_valid(batch, name: str):
+  """f32[B, T]: the per-step validity of modality `name` (all ones when not given)."""
+  key = f'{name}_valid'
+  if key in batch:
+    return batch[key].astype(jnp.float32)
+  x = batch[name]
+  return jnp.ones(x.shape[:2], jnp.float32)
 
 
 def presence_mask(batch_keys: Iterable[str], batch_size: int) -> np.ndarray:

@@ -54,7 +54,10 @@ def test_batch_contract(builder):
   assert batch['video'].dtype == np.uint8 and batch['video'].shape == (4, 4, 32, 32, 3)
   assert batch['label'].dtype == np.int32
   np.testing.assert_array_equal(batch['mask'], bc.presence_mask(['audio', 'video'], 4))
-  assert set(batch) == {'audio', 'video', 'label', 'mask', 'valid'}
+  assert set(batch) == {'audio', 'video', 'label', 'mask', 'valid', 'audio_valid', 'video_valid'}
+  # synthetic_av stores no lengths: every time step is real
+  assert batch['audio_valid'].shape == (4, 100) and batch['audio_valid'].min() == 1.0
+  assert batch['video_valid'].shape == (4, 4)
 
 
 def test_train_order_is_seeded_and_resumable(builder):
