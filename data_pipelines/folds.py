@@ -16,6 +16,11 @@ in the config, not in the builder:
                                   follow the test fold, 0 the test fold itself
                                   (protocols without a validation set; the
                                   reported numbers are then optimistic)
+  config.dataset.fold.val_key     with val_groups = n > 0: take the validation
+                                  set as n groups of this second feature (e.g.
+                                  'speaker') from the training groups instead of
+                                  whole groups, so IEMOCAP trains on sessions 1-4
+                                  and validates on speakers carved from them
 
 `wrap(builder, dataset_cfg)` returns a stand-in for the TFDS builder whose
 splits named by `train_split`, `val_split` and `test_split` are the fold's
@@ -55,15 +60,22 @@ def _as_python(x):
   return x.decode() if isinstance(x, bytes) else x
 
 
-def group_counts(builder, source_splits: str, group_key: str) -> dict:
-  """{group id: number of examples} over `source_splits`, decoding only the group feature."""
+def group_counts(builder, source_splits: str, group_key: str, second_key: str = '') -> dict:
+  """{group id: number of examples} over `source_splits`, decoding only the group
+  feature(s); with `second_key`, keys are (group id, second id) pairs."""
   import tensorflow_datasets as tfds
-  if group_key not in builder.info.features:
-    raise KeyError(f'{builder.name} has no feature {group_key!r} to fold on; features: '
-                   f'{sorted(builder.info.features.keys())}')
+  keys = [k for k in (group_key, second_key) if k]
+  for k in keys:
+    if k not in builder.info.features:
+      raise KeyError(f'{builder.name} has no feature {k!r} to fold on; features: '
+                     f'{sorted(builder.info.features.keys())}')
   ds = builder.as_dataset(split=source_splits, shuffle_files=False,
-                          decoders=tfds.decode.PartialDecoding({group_key: True}))
-  counts = collections.Counter(_as_python(ex[group_key]) for ex in tfds.as_numpy(ds))
+                          decoders=tfds.decode.PartialDecoding({k: True for k in keys}))
+  if second_key:
+    counts = collections.Counter((_as_python(ex[group_key]), _as_python(ex[second_key]))
+                                 for ex in tfds.as_numpy(ds))
+  else:
+    counts = collections.Counter(_as_python(ex[group_key]) for ex in tfds.as_numpy(ds))
   return dict(sorted(counts.items()))
 
 
@@ -86,6 +98,8 @@ class FoldPlan:
   validation: list
   test: list
   counts: dict  # subset name -> number of examples
+  val_key: str = ''  # validation is these `val_key` values, taken out of the train groups
+  val_values: list = dataclasses.field(default_factory=list)
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -107,6 +121,9 @@ def make_plan(builder, fold: dict) -> FoldPlan:
   test = list(chunks[index])
   rest = [g for j in range(1, k) for g in chunks[(index + j) % k]]  # in order after the test fold
   val_groups = int(fold.get('val_groups', -1))
+  val_key = fold.get('val_key', '') or ''
+  if val_key:
+    return _plan_with_val_key(builder, key, source, index, k, test, rest, val_key, val_groups)
   if val_groups < 0:
     if k < 3:
       raise ValueError('val_groups=-1 (the next fold) needs num_folds >= 3; set '
@@ -122,6 +139,26 @@ def make_plan(builder, fold: dict) -> FoldPlan:
   n = lambda gs: int(sum(counts[g] for g in gs))
   return FoldPlan(key, source, index, k, train, validation, test,
                   {'train': n(train), 'validation': n(validation), 'test': n(test)})
+
+
+def _plan_with_val_key(builder, key, source, index, k, test, rest, val_key, val_groups):
+  """Validation = `val_groups` values of `val_key` spread over the training groups."""
+  if val_groups <= 0:
+    raise ValueError(f'val_key={val_key!r} needs val_groups > 0')
+  pairs = group_counts(builder, source, key, val_key)
+  in_test = {v for (g, v) in pairs if g in test}
+  candidates = sorted({v for (g, v) in pairs if g in rest} - in_test)
+  if val_groups >= len(candidates):
+    raise ValueError(f'val_groups={val_groups} of {val_key!r} leaves no training data '
+                     f'({len(candidates)} candidates)')
+  picks = np.unique(np.round(np.linspace(0, len(candidates) - 1, val_groups)).astype(int))
+  val_values = [candidates[i] for i in picks]
+  n = lambda pred: int(sum(c for (g, v), c in pairs.items() if pred(g, v)))
+  counts = {'train': n(lambda g, v: g in rest and v not in val_values),
+            'validation': n(lambda g, v: g in rest and v in val_values),
+            'test': n(lambda g, v: g in test)}
+  return FoldPlan(key, source, index, k, list(rest), list(rest), test, counts, val_key,
+                  val_values)
 
 
 class _SplitInfo:
@@ -162,6 +199,7 @@ class FoldedBuilder:
     self.fold_plan = plan
     # config split name ('train', 'validation', ...) -> list of groups
     self._groups = {name: getattr(plan, subset) for name, subset in split_names.items()}
+    self._subset = dict(split_names)
     self.info = _FoldedInfo(builder.info, {name: plan.counts[subset]
                                            for name, subset in split_names.items()})
 
@@ -172,16 +210,23 @@ class FoldedBuilder:
     if not isinstance(split, str) or split not in self._groups:
       return self._builder.as_dataset(split=split, **kwargs)
     import tensorflow as tf
-    key = self.fold_plan.group_key
-    ds = self._builder.as_dataset(split=self.fold_plan.source_splits, **kwargs)
-    groups = self._groups[split]
-    spec = ds.element_spec[key]
-    wanted = tf.constant(groups, dtype=tf.string if spec.dtype == tf.string else tf.int64)
+    plan = self.fold_plan
+    ds = self._builder.as_dataset(split=plan.source_splits, **kwargs)
 
-    def keep(ex):
+    def member(ex, key, values):
+      spec = ds.element_spec[key]
+      wanted = tf.constant(values, dtype=tf.string if spec.dtype == tf.string else tf.int64)
       value = ex[key] if spec.dtype == tf.string else tf.cast(ex[key], tf.int64)
       return tf.reduce_any(tf.equal(value, wanted))
-    return ds.filter(keep)
+
+    groups = self._groups[split]
+    subset = self._subset[split]
+    if not plan.val_key or subset == 'test':
+      return ds.filter(lambda ex: member(ex, plan.group_key, groups))
+    in_val = subset == 'validation'
+    return ds.filter(lambda ex: tf.logical_and(
+        member(ex, plan.group_key, groups),
+        tf.equal(member(ex, plan.val_key, plan.val_values), in_val)))
 
 
 def wrap(builder, dataset_cfg) -> Any:

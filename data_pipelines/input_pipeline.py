@@ -11,14 +11,16 @@ batches so multi-host evaluation stays in lock-step.
 
 from __future__ import annotations
 
-from mer_jax.contract import logger as logging
+import dataclasses
+import hashlib
 import math
 import os
-from typing import Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
 from mer_jax import contract as bc
+from mer_jax.contract import logger as logging
 
 _CONTRACT_KEYS = ('audio', 'video', 'text', 'physio', 'label', 'soft_label')
 
@@ -57,6 +59,102 @@ def get_builder(dataset_cfg, build_if_missing: bool = True):
       multihost_utils.sync_global_devices(f'built {dataset_cfg.name}')
       builder = tfds.builder(dataset_cfg.name, data_dir=data_dir)
   return builder
+
+
+@dataclasses.dataclass
+class Data:
+  """A prepared dataset: the one contract between data and training.
+
+  `splits` maps the roles 'train', 'val', 'test' to TFDS split names of
+  `builder` (a fold's view when the config folds); a role whose split the
+  dataset lacks is None.
+  """
+  builder: Any
+  splits: dict
+  label_names: list
+  name: str
+  version: str
+  data_dir: str
+  fingerprint: str
+  fold_plan: Optional[dict] = None
+
+  def split(self, role_or_name: str) -> str:
+    """The split name of a role ('train', 'val', 'test') or a split name as given."""
+    if role_or_name in self.splits:
+      name = self.splits[role_or_name]
+      if name is None:
+        raise KeyError(f'{self.name} has no {role_or_name!r} split')
+      return name
+    return role_or_name
+
+  def provenance(self) -> dict:
+    return {'name': self.name, 'version': self.version, 'fingerprint': self.fingerprint,
+            'data_dir': self.data_dir, 'splits': dict(self.splits)}
+
+
+def _missing_splits(builder, split: str) -> list:
+  missing = []
+  for name in (s.split('[')[0].strip() for s in split.split('+')):
+    try:
+      builder.info.splits[name]
+    except (KeyError, ValueError):
+      missing.append(name)
+  return missing
+
+
+def tfrecord_fingerprint(builder) -> str:
+  """sha256 over the dataset's files: names, sizes and the first and last MiB of
+  each. Cheap on large datasets, and changes when a rebuild changes the records."""
+  import tensorflow as tf
+  h = hashlib.sha256()
+  data_dir = str(builder.data_dir)
+  for name in sorted(tf.io.gfile.listdir(data_dir)):
+    path = os.path.join(data_dir, name)
+    if tf.io.gfile.isdir(path) or name.endswith('.json') and name != 'dataset_info.json':
+      continue
+    size = tf.io.gfile.stat(path).length
+    h.update(f'{name}:{size};'.encode())
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      h.update(f.read(2**20))
+      if size > 2**21:
+        f.seek(size - 2**20)
+        h.update(f.read(2**20))
+  return h.hexdigest()[:16]
+
+
+def prepare(dataset_cfg, build_if_missing: bool = True) -> Data:
+  """Builds the dataset if needed, applies the fold, and checks every split a run
+  will read before it trains: train and validation must exist; a missing test
+  split is reported now, and the run then ends on its validation results."""
+  from data_pipelines import folds
+  builder = folds.wrap(get_builder(dataset_cfg, build_if_missing), dataset_cfg)
+  splits = {'train': dataset_cfg.train_split, 'val': dataset_cfg.val_split,
+            'test': dataset_cfg.get('test_split', '') or None}
+  for role in ('train', 'val'):
+    missing = _missing_splits(builder, splits[role])
+    if missing:
+      raise ValueError(
+          f'{dataset_cfg.name} under {builder.data_dir} has no split {missing[0]!r} '
+          f'(config.dataset.{role}_split={splits[role]!r}); splits: '
+          f'{sorted(builder.info.splits.keys())}')
+  if splits['test'] and _missing_splits(builder, splits['test']):
+    logging.warning('%s has no split %r (config.dataset.test_split): this run will end with '
+                    'validation metrics only; splits: %s', dataset_cfg.name, splits['test'],
+                    sorted(builder.info.splits.keys()))
+    splits['test'] = None
+  features = builder.info.features
+  names = list(features['label'].names) if 'label' in features and hasattr(
+      features['label'], 'names') else []
+  num_classes = dataset_cfg.num_classes
+  if names and len(names) != num_classes:
+    raise ValueError(f'config.dataset.num_classes={num_classes} but {dataset_cfg.name} '
+                     f'has {len(names)} classes ({names})')
+  plan = builder.fold_plan.to_dict() if hasattr(builder, 'fold_plan') else None
+  return Data(builder=builder, splits=splits,
+              label_names=names or [str(i) for i in range(num_classes)],
+              name=dataset_cfg.name, version=str(builder.info.version),
+              data_dir=str(builder.data_dir), fingerprint=tfrecord_fingerprint(builder),
+              fold_plan=plan)
 
 
 def num_examples(builder, split: str) -> int:

@@ -5,7 +5,7 @@
   python -m experiments.profile_papers --papers=002,003 --batch_size=8 --out=prof.json
   python -m experiments.profile_papers --flops_only     # FLOPs per step only, no compile
 
-Synthetic random batches of each config's `input.example_shapes`; no dataset
+Synthetic random batches of each config's input shapes (its builder's); no dataset
 needed. Columns as in `mer_jax.profiling`. A paper whose config is missing or
 fails is shown with its error and the others go on.
 """

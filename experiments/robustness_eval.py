@@ -29,7 +29,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
-  from mer_jax import evaluate, log
+  from mer_jax import contract as log, evaluate
   log.quiet_libraries()
   conds = evaluate.robustness_conditions(
       tuple(float(r) for r in FLAGS.rates.split(',') if r),

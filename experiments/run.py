@@ -30,7 +30,7 @@ from experiments import definitions as defs
 from experiments import tables
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('experiment', '', 'Name of an experiment in experiments/definitions.py.')
+flags.DEFINE_string('experiment', '', 'Name of a table (the TABLES of configs/*.py; --list).')
 flags.DEFINE_string('config', '', 'Or a single config reference, configs/<paper>.py:<preset>.')
 flags.DEFINE_string('name', '', 'Directory name for a --config experiment (default: derived).')
 flags.DEFINE_string('root', 'runs', 'Where experiment directories go.')
@@ -97,10 +97,10 @@ def config_args(exp: defs.Experiment, variant: defs.Variant, fold, seed) -> list
              f'--config.dataset.fold.val_groups={p.val_groups}']
     if p.group_key:
       args.append(f'--config.dataset.fold.group_key={p.group_key}')
+    if p.val_key:
+      args.append(f'--config.dataset.fold.val_key={p.val_key}')
   if FLAGS.data_dir:
     args.append(f'--config.dataset.data_dir={FLAGS.data_dir}')
-  if not FLAGS.preset:
-    args += [f'--config.{kv}' for kv in variant.dataset_overrides]
   args += [f'--config.{kv}' for kv in variant.overrides]
   args += [f'--config.{kv}' for kv in FLAGS.set]
   return args

@@ -52,10 +52,19 @@ def collect(exp_dir: str, variants: list[str], split: str = 'test') -> list[dict
         continue
       with open(path) as f:
         res = json.load(f)
-      m = re.match(r'(?:fold(\d+)_)?seed(\d+)$', run)
-      row = {'variant': variant, 'run': run,
-             'fold': int(m.group(1)) if m and m.group(1) else '',
-             'seed': int(m.group(2)) if m else '',
+      if split not in res:
+        continue
+      prov = res.get('provenance') or {}
+      fold = prov.get('fold') or {}
+      data = prov.get('dataset') or {}
+      row = {'variant': variant, 'run': run, 'fold': fold.get('index', ''),
+             'seed': prov.get('seed', ''), 'config': prov.get('config_arg', ''),
+             'preset_variant': prov.get('variant', ''), 'config_hash': prov.get('config_hash', ''),
+             'commit': (prov.get('code') or {}).get('commit', 'unknown'),
+             'dataset': data.get('name', res.get('dataset', '')),
+             'dataset_version': data.get('version', ''),
+             'data_fingerprint': data.get('fingerprint', ''),
+             'test_groups': ' '.join(map(str, fold.get('test', []))),
              'split': split, 'steps': res.get('steps'), 'train_time_s': res.get('train_time_s')}
       row.update({k: v for k, v in res[split].items() if np.ndim(v) == 0})
       rows.append(row)
@@ -95,6 +104,18 @@ def markdown(summary: list[dict], metrics, title: str = '', notes: str = '') -> 
   return '\n'.join(lines) + '\n'
 
 
+def provenance_note(rows: list[dict]) -> str:
+  """What the table's runs were made from: datasets, code commits, wall time."""
+  if not rows:
+    return ''
+  data = sorted({f"{r['dataset']} {r['dataset_version']} (records {r['data_fingerprint']})"
+                 for r in rows})
+  commits = sorted({str(r['commit'])[:12] for r in rows})
+  hours = sum(float(r.get('train_time_s') or 0.0) for r in rows) / 3600
+  return (f"\nData: {'; '.join(data)}. Code: {', '.join(commits)}. "
+          f'Training time: {hours:.2f} h over {len(rows)} runs (runs.csv has every run).\n')
+
+
 def _write_csv(path: str, rows: list[dict]):
   if not rows:
     open(path, 'w').close()
@@ -114,7 +135,7 @@ def write_tables(exp_dir: str, variants: list[str], metrics, title: str = '',
   rows = collect(exp_dir, variants)
   summary = summarize(rows, variants, metrics)
   with open(os.path.join(exp_dir, 'table.md'), 'w') as f:
-    f.write(markdown(summary, metrics, title, notes))
+    f.write(markdown(summary, metrics, title, notes) + provenance_note(rows))
   _write_csv(os.path.join(exp_dir, 'table.csv'), summary)
   _write_csv(os.path.join(exp_dir, 'runs.csv'), rows)
   return {'runs': rows, 'summary': summary}

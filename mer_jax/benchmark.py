@@ -18,43 +18,35 @@ import time
 import jax
 import numpy as np
 
-from mer_jax import models, optim, sharding, train
+from mer_jax import assembly, sharding
+
+_NOT_INPUTS = ('label', 'mask', 'valid')
 
 
 def random_batch(config, batch_size: int, seed: int = 0) -> dict:
-  """Random inputs of the configured example shapes (labels over all classes)."""
-  batch = train.example_batch(config, batch_size)
-  rng = np.random.default_rng(seed)
-  for k, v in batch.items():
-    if k in ('mask', 'valid'):
-      continue
-    if k == 'label':
-      batch[k] = rng.integers(0, config.dataset.num_classes, v.shape).astype(np.int32)
-    elif v.dtype == np.uint8:
-      batch[k] = rng.integers(0, 256, v.shape, dtype=np.uint8)
-    else:
-      batch[k] = rng.normal(size=v.shape).astype(np.float32)
-  return batch
+  """Random inputs of the run's input shapes (labels over all classes)."""
+  return assembly.example_batch(config, batch_size, random=True, seed=seed)
+
+
+def input_shapes(batch: dict) -> dict:
+  return {k: list(v.shape[1:]) for k, v in batch.items()
+          if k not in _NOT_INPUTS and not k.endswith('_valid')}
 
 
 def benchmark_train_step(config, batch_size: int | None = None, repeats: int = 5,
-                         warmup: int = 1) -> dict:
-  """Compiles and times the jitted data-parallel train step of `config`."""
+                         warmup: int = 1, run=None) -> dict:
+  """Compiles and times the jitted data-parallel train step of `config`.
+
+  The result's 'final_state' (popped by callers that reuse it) is the state
+  after the timed steps.
+  """
   batch_size = batch_size or config.input.batch_size
-  mesh = sharding.make_mesh()
-  model = models.build(config.model, config.dataset.num_classes)
-  entry = models.get(config.model.name)
-  tx, schedule = optim.make_optimizer(config.optim, 100, 10_000)
+  run = run or assembly.build_run(config)
   host_batch = random_batch(config, batch_size)
-  state = train.create_train_state(config, model, host_batch, tx, mesh)
-  masked = tuple(s for s in str(config.get('mask_modalities', '')).split(',') if s)
-  step_fn = train.make_train_step(entry.loss_fn, config.loss, masked, schedule)
-  repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  jitted = jax.jit(step_fn, in_shardings=(repl, data), out_shardings=(repl, repl),
-                   donate_argnums=(0,))
-  batch = sharding.place_batch(host_batch, mesh)
+  state = run.state
+  batch = sharding.place_batch(host_batch, run.mesh)
   t0 = time.perf_counter()
-  compiled = jitted.lower(state, batch).compile()
+  compiled = run.train_step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   times = []
@@ -66,6 +58,7 @@ def benchmark_train_step(config, batch_size: int | None = None, repeats: int = 5
       times.append(time.perf_counter() - t0)
   med = statistics.median(times)
   # Evaluation forward pass (no gradients, BatchNorm running statistics).
+  repl, data = sharding.replicated(run.mesh), sharding.batch_sharded(run.mesh)
   eval_fn = jax.jit(lambda st, b: st.apply_fn({'params': st.params, 'batch_stats': st.batch_stats},
                                               b, train=False)['logits'],
                     in_shardings=(repl, data), out_shardings=repl)
@@ -79,8 +72,7 @@ def benchmark_train_step(config, batch_size: int | None = None, repeats: int = 5
       'model': config.model.name,
       'impl': config.model.get('impl', '-'),
       'batch_size': batch_size,
-      'input_shapes': {k: list(v.shape[1:]) for k, v in host_batch.items()
-                       if k not in ('label', 'mask', 'valid')},
+      'input_shapes': input_shapes(host_batch),
       'num_params': int(sum(x.size for x in jax.tree.leaves(state.params))),
       'compile_s': compile_s,
       'step_s_median': med,
@@ -91,6 +83,7 @@ def benchmark_train_step(config, batch_size: int | None = None, repeats: int = 5
       'peak_rss_gib': _peak_rss_gib(),
       'devices': f'{jax.device_count()}x {jax.devices()[0].device_kind}',
       'loss_finite': bool(np.isfinite(float(out['loss']))),
+      'final_state': state,
   }
   if mem is not None:
     for field in ('argument_size_in_bytes', 'output_size_in_bytes', 'temp_size_in_bytes',
@@ -138,7 +131,9 @@ def main(argv):
     cfg = config.copy_and_resolve_references()
     if 'impl' in cfg.model:
       cfg.model.impl = impl
-    rows.append(benchmark_train_step(cfg, FLAGS.batch_size or None, FLAGS.repeats))
+    row = benchmark_train_step(cfg, FLAGS.batch_size or None, FLAGS.repeats)
+    row.pop('final_state')
+    rows.append(row)
   if FLAGS.compare:
     with open(FLAGS.compare) as f:
       old = json.load(f)

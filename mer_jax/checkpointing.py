@@ -49,8 +49,8 @@ class Checkpoints:
   def restore_latest(self, abstract_state, step: Optional[int] = None):
     return self._restore(self.latest, abstract_state, step)
 
-  def restore_best(self, abstract_state):
-    return self._restore(self.best, abstract_state, None)
+  def restore_best(self, abstract_state, step: Optional[int] = None):
+    return self._restore(self.best, abstract_state, step)
 
   def all_steps(self) -> dict:
     return {'latest': list(self.latest.all_steps()), 'best': list(self.best.all_steps())}

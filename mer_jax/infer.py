@@ -6,9 +6,11 @@
 Paper 004's real-time use: a sliding window (length `--window_s`, default the
 clip length the dataset was built with; step `--hop_s`) runs over the clip;
 each window goes through `data_pipelines.features.clip.preprocess_av`, the
-same code the dataset builders use, with the feature settings of the
-BuilderConfig the model was trained on (read from DIR/config.json), then
-through the jitted model. A last window ending at the clip's end makes the
+same code the dataset builders use, with the settings that
+`data_pipelines.preprocessing` declares for the dataset the model was trained
+on (DIR/config.json), then through the jitted model. A model that needs a
+modality the given files cannot provide is an error, never a silent
+single-modality run. A last window ending at the clip's end makes the
 timeline cover the whole clip.
 
 Writes <out>/timeline.csv and .json (window start, end, centre, probability
@@ -30,28 +32,10 @@ import numpy as np
 
 def load_run(workdir: str, checkpoint: str = 'best'):
   """(config, model, variables, label names) of a training directory, no dataset needed."""
-  import ml_collections
-  import orbax.checkpoint as ocp
-  from mer_jax import models
-  with open(os.path.join(workdir, 'config.json')) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  model = models.build(config.model, config.dataset.num_classes)
-  root = os.path.abspath(os.path.join(workdir, 'checkpoints'))
-  which = 'best' if checkpoint == 'best' else 'latest'
-  mngr = ocp.CheckpointManager(os.path.join(root, which), item_names=('state', 'meta'))
-  step = mngr.latest_step() if checkpoint in ('best', 'latest') else int(checkpoint)
-  if step is None and which == 'best':  # validation never ran: use the latest
-    mngr.close()
-    mngr = ocp.CheckpointManager(os.path.join(root, 'latest'), item_names=('state', 'meta'))
-    step = mngr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint under {root}')
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  mngr.close()
-  state = restored['state']
-  variables = {'params': state['params'], 'batch_stats': state.get('batch_stats') or {}}
-  labels = _label_names(workdir, config)
-  return config, model, variables, labels
+  from mer_jax import assembly
+  run, state, _ = assembly.restore_run(workdir, checkpoint)
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  return run.config, run.model, variables, _label_names(workdir, run.config)
 
 
 def _label_names(workdir: str, config) -> list[str]:
@@ -61,47 +45,33 @@ def _label_names(workdir: str, config) -> list[str]:
       names = json.load(f).get('label_names')
     if names:
       return list(names)
+  import tensorflow_datasets as tfds
+  import data_pipelines.registry  # noqa: F401
   try:
-    cls = _builder_class(config.dataset.name)
-    return list(cls(config=_builder_config(config.dataset.name)).info.features['label'].names)
-  except Exception:
+    return list(tfds.builder(config.dataset.name, data_dir=os.path.join(
+        os.path.expanduser('~'), '.cache', 'mer_jax_shapes')).info.features['label'].names)
+  except (KeyError, AttributeError):
     return [str(i) for i in range(config.dataset.num_classes)]
 
 
-def _builder_class(name: str):
-  import tensorflow_datasets as tfds
-  import data_pipelines.registry  # noqa: F401  (registers the builders)
-  return tfds.builder_cls(name.split('/')[0])
+def feature_configs(config, have_video: bool = True):
+  """(preprocessing, modalities used) for the dataset `config.dataset.name` was trained on.
 
-
-def _builder_config(name: str):
-  """The BuilderConfig object named by 'dataset/config' (its feature settings)."""
-  cls = _builder_class(name)
-  wanted = name.split('/')[1] if '/' in name else (cls.DEFAULT_CONFIG_NAME or
-                                                   cls.BUILDER_CONFIGS[0].name)
-  for c in cls.BUILDER_CONFIGS:
-    if c.name == wanted:
-      return c
-  raise ValueError(f'{name}: no builder config {wanted!r}')
-
-
-def feature_configs(config):
-  """(audio_cfg, video_cfg, clip seconds) the dataset `config.dataset.name` was built with."""
-  from data_pipelines.features import video as video_features
-  bcfg = _builder_config(config.dataset.name)
-  audio_cfg = getattr(bcfg, 'audio', None)
-  video_cfg = getattr(bcfg, 'video', None)
-  if video_cfg is None and hasattr(bcfg, 'num_frames') and hasattr(bcfg, 'frame_size'):
-    # Builders that store frame settings as plain fields resize whole frames.
-    video_cfg = video_features.VideoFeatureConfig(num_frames=bcfg.num_frames,
-                                                  size=bcfg.frame_size, face_crop=False)
-  clip_s = (getattr(bcfg, 'duration_s', None) or getattr(audio_cfg, 'duration_s', None) or 3.0)
+  Raises when the model needs a modality that the given files cannot provide.
+  """
+  from data_pipelines import preprocessing
+  from mer_jax import assembly
+  prep = preprocessing.preprocessing(config.dataset.name)
   masked = set(s for s in str(config.get('mask_modalities', '')).split(',') if s)
-  if 'audio' in masked:
-    audio_cfg = None
-  if 'video' in masked:
-    video_cfg = None
-  return audio_cfg, video_cfg, float(clip_s)
+  wanted = [m for m in assembly.example_shapes(config) if m not in masked]
+  available = {'audio': prep.audio is not None, 'video': prep.video is not None and have_video}
+  missing = [m for m in wanted if not available.get(m, False)]
+  if missing:
+    raise ValueError(f'the model trained on {config.dataset.name} needs {missing}, which '
+                     f'{"these files" if prep.video is not None else "a clip"} cannot provide '
+                     '(give a video for faces; mask a modality with '
+                     '--config.mask_modalities at training time for a unimodal model)')
+  return prep, wanted
 
 
 def windows(duration_s: float, window_s: float, hop_s: float) -> list[tuple[float, float]]:
@@ -135,12 +105,10 @@ def run_timeline(workdir: str, video_path: Optional[str] = None, audio_path: Opt
   from mer_jax import contract as bc, plots
 
   config, model, variables, labels = load_run(workdir, checkpoint)
-  audio_cfg, video_cfg, clip_s = feature_configs(config)
-  if video_path is None:
-    video_cfg = None
-  if video_cfg is None and audio_cfg is None:
-    raise ValueError('the model uses no modality that the given files provide')
-  window_s = window_s or clip_s
+  prep, used = feature_configs(config, have_video=video_path is not None)
+  audio_cfg = prep.audio if 'audio' in used else None
+  video_cfg = prep.video if 'video' in used else None
+  window_s = window_s or prep.clip_s
   duration = _duration(video_path, audio_path)
   spans = windows(duration, window_s, hop_s)
   masked = tuple(s for s in str(config.get('mask_modalities', '')).split(',') if s)
@@ -156,7 +124,13 @@ def run_timeline(workdir: str, video_path: Optional[str] = None, audio_path: Opt
     t0 = time.perf_counter()
     feats = clip.preprocess_av(video_path=video_path, audio_path=audio_path, audio_cfg=audio_cfg,
                                video_cfg=video_cfg, start_s=start, end_s=end)
+    if prep.grayscale and 'video' in feats:  # grey faces, as the model saw them
+      grey = feats['video'].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+      feats['video'] = np.repeat(np.rint(grey)[..., None], 3, -1).astype(np.uint8)
     batch = {k: v[None] for k, v in feats.items()}
+    for k, v in feats.items():
+      if v.ndim >= 2:
+        batch[f'{k}_valid'] = np.ones((1, v.shape[0]), np.float32)
     batch['label'] = np.zeros((1,), np.int32)
     batch['mask'] = bc.presence_mask(feats.keys(), 1)
     batch['valid'] = np.ones((1,), np.float32)

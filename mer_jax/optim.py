@@ -9,21 +9,23 @@ def make_schedule(cfg, steps_per_epoch: int, total_steps: int):
   """Learning rate per step.
 
   cfg.schedule: 'constant' | 'cosine' | 'step' (x decay_rate at decay_start_epoch
-  and every decay_epochs after it, as ATTSF-Net's recipe); cfg.warmup_epochs adds a
-  linear warm-up in front of any of them.
+  and every decay_epochs after it, as ATTSF-Net's recipe; decay_start_epoch < 0
+  means after the first decay_epochs); cfg.warmup_epochs adds a linear warm-up in
+  front of any of them. Every field is in config_lib.base_config.
   """
   lr = cfg.learning_rate
-  warmup = int(round(cfg.get('warmup_epochs', 0.0) * steps_per_epoch))
-  kind = cfg.get('schedule', 'constant')
+  warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+  kind = cfg.schedule
   if kind == 'constant':
     main = optax.constant_schedule(lr)
   elif kind == 'cosine':
     main = optax.cosine_decay_schedule(lr, max(total_steps - warmup, 1),
-                                       alpha=cfg.get('final_lr_fraction', 0.0))
+                                       alpha=cfg.final_lr_fraction)
   elif kind == 'step':
     every = max(int(round(cfg.decay_epochs * steps_per_epoch)), 1)
-    # First decay at decay_start_epoch (default: after decay_epochs), then every decay_epochs.
-    first = int(round(cfg.get('decay_start_epoch', cfg.decay_epochs) * steps_per_epoch))
+    # First decay at decay_start_epoch (< 0: after decay_epochs), then every decay_epochs.
+    start = cfg.decay_start_epoch if cfg.decay_start_epoch >= 0 else cfg.decay_epochs
+    first = int(round(start * steps_per_epoch))
     rate = cfg.decay_rate
 
     def main(step):
@@ -45,21 +47,21 @@ def make_optimizer(cfg, steps_per_epoch: int, total_steps: int):
   """
   schedule = make_schedule(cfg, steps_per_epoch, total_steps)
   name = cfg.optimizer
-  wd = cfg.get('weight_decay', 0.0)
+  wd = cfg.weight_decay
   parts = []
-  if cfg.get('grad_clip_norm', 0.0):
+  if cfg.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
   if name == 'adamw':
-    parts.append(optax.adamw(schedule, b1=cfg.get('b1', 0.9), b2=cfg.get('b2', 0.999),
+    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2,
                              weight_decay=wd))
   elif name in ('adam', 'sgd'):
     if wd:
       parts.append(optax.add_decayed_weights(wd))
     if name == 'adam':
-      parts.append(optax.adam(schedule, b1=cfg.get('b1', 0.9), b2=cfg.get('b2', 0.999)))
+      parts.append(optax.adam(schedule, b1=cfg.b1, b2=cfg.b2))
     else:
-      parts.append(optax.sgd(schedule, momentum=cfg.get('momentum', 0.9) or None,
-                             nesterov=cfg.get('nesterov', False)))
+      parts.append(optax.sgd(schedule, momentum=cfg.momentum or None,
+                             nesterov=cfg.nesterov))
   else:
     raise ValueError(f'unknown optimizer {name!r} (adam, adamw, sgd)')
   return optax.chain(*parts), schedule

@@ -3,15 +3,16 @@
   python -m mer_jax.main --mode=profile --config=configs/avt_ca.py:paper_shapes \
       --workdir=/tmp/prof [--profile_batch_size=8] [--profile_trace] [--profile_hlo]
 
-Inputs are random batches of `config.input.example_shapes`. For each step:
+Inputs are random batches of the run's input shapes (`assembly.example_shapes`:
+the dataset builder's, or `config.input.example_shapes`). For each step:
 compile time, XLA's cost analysis (FLOPs and bytes accessed per step), its
 memory analysis (argument, output and temporary bytes), steady-state step time
 (median, min, max over repeats), samples/s and achieved FLOP/s (cost-analysis
 FLOPs / median step time; XLA counts a multiply-add as two FLOPs).
 
-The train-step timing and memory come from `mer_jax.benchmark`; its FLOPs come
-from lowering the same step on abstract shapes, which costs no second
-compile. `--profile_trace` writes a jax.profiler trace of a few train and eval
+The run is assembled once (`assembly.build_run`); the train-step timing and
+memory come from `mer_jax.benchmark` on that run, its FLOPs from lowering the
+same step on abstract shapes, which costs no second compile. `--profile_trace` writes a jax.profiler trace of a few train and eval
 steps (open in TensorBoard's profile tab or Perfetto) and `--profile_hlo` the
 optimised HLO text of both steps; these compile the train step once more.
 """
@@ -26,7 +27,7 @@ import time
 import jax
 import numpy as np
 
-from mer_jax import benchmark, models, optim, sharding, train
+from mer_jax import assembly, benchmark, sharding
 
 _MEM_FIELDS = ('argument_size_in_bytes', 'output_size_in_bytes', 'temp_size_in_bytes',
                'generated_code_size_in_bytes')
@@ -55,62 +56,35 @@ def _time(fn, repeats: int, warmup: int) -> list[float]:
   return times
 
 
-class _Setup:
-  """Model, optimiser, state and a placed random batch for `config`."""
-
-  def __init__(self, config, batch_size: int):
-    self.config = config
-    self.mesh = sharding.make_mesh()
-    self.model = models.build(config.model, config.dataset.num_classes)
-    self.entry = models.get(config.model.name)
-    self.tx, self.schedule = optim.make_optimizer(config.optim, 100, 10_000)
-    self.host_batch = benchmark.random_batch(config, batch_size)
-    self.masked = tuple(s for s in str(config.get('mask_modalities', '')).split(',') if s)
-    repl, data = sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)
-    self.train_jit = jax.jit(
-        train.make_train_step(self.entry.loss_fn, config.loss, self.masked, self.schedule),
-        in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=(0,))
-    self.eval_jit = jax.jit(
-        train.make_eval_step(self.entry.loss_fn, config.loss, self.masked,
-                             config.dataset.num_classes),
-        in_shardings=(repl, data), out_shardings=repl)
-
-  def abstract_state(self):
-    return jax.eval_shape(lambda: train.create_train_state(
-        self.config, self.model, self.host_batch, self.tx, self.mesh))
-
-  def state(self):
-    return train.create_train_state(self.config, self.model, self.host_batch, self.tx, self.mesh)
-
-  def batch(self):
-    return sharding.place_batch(self.host_batch, self.mesh)
-
-
-def _abstract_batch(host_batch):
-  return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
+def _abstract(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(
+      x, 'sharding', None)), tree)
 
 
 def profile_config(config, batch_size: int | None = None, repeats: int = 5, warmup: int = 1,
                    out_dir: str = '', trace: bool = False, hlo: bool = False) -> list[dict]:
   """Two rows of figures, for the train step and the eval step of `config`."""
   batch_size = batch_size or config.input.batch_size
-  setup = _Setup(config, batch_size)
+  run = assembly.build_run(config)
+  host_batch = assembly.example_batch(config, batch_size, random=True)
 
-  # Train step: timing and memory from the benchmark, FLOPs from an abstract lowering.
-  bench = benchmark.benchmark_train_step(config, batch_size, repeats=repeats, warmup=warmup)
-  lowered = setup.train_jit.lower(setup.abstract_state(), _abstract_batch(setup.host_batch))
+  # Train step: FLOPs from an abstract lowering, timing and memory from the benchmark.
+  lowered = run.train_step.lower(_abstract(run.state), _abstract_batch(host_batch))
+  train_cost = _cost(lowered.cost_analysis())
+  bench = benchmark.benchmark_train_step(config, batch_size, repeats=repeats, warmup=warmup,
+                                         run=run)
   train_row = {
       'model': config.model.name, 'step': 'train', 'batch_size': batch_size,
       'num_params': bench['num_params'], 'compile_s': bench['compile_s'],
       'step_s_median': bench['step_s_median'], 'step_s_min': bench['step_s_min'],
       'step_s_max': bench['step_s_max'], 'samples_per_s': bench['samples_per_s'],
       'input_shapes': bench['input_shapes'], 'devices': bench['devices'],
-      **{f: bench.get(f, 0) for f in _MEM_FIELDS}, **_cost(lowered.cost_analysis())}
+      **{f: bench.get(f, 0) for f in _MEM_FIELDS}, **train_cost}
 
   # Eval step: compiled and timed here.
-  state, batch = setup.state(), setup.batch()
+  state, batch = bench.pop('final_state'), sharding.place_batch(host_batch, run.mesh)
   t0 = time.perf_counter()
-  eval_compiled = setup.eval_jit.lower(state, batch).compile()
+  eval_compiled = run.eval_step().lower(state, batch).compile()
   eval_compile_s = time.perf_counter() - t0
   times = _time(lambda: eval_compiled(state, batch), repeats, warmup)
   med = statistics.median(times)
@@ -127,7 +101,7 @@ def profile_config(config, batch_size: int | None = None, repeats: int = 5, warm
 
   if (trace or hlo) and out_dir:
     os.makedirs(out_dir, exist_ok=True)
-    train_compiled = setup.train_jit.lower(state, batch).compile()
+    train_compiled = run.train_step.lower(state, batch).compile()
     if hlo:
       for name, c in (('train_step', train_compiled), ('eval_step', eval_compiled)):
         path = os.path.join(out_dir, f'{config.model.name}_{name}.optimized.hlo.txt')
@@ -156,16 +130,15 @@ def cost_only(config, batch_size: int | None = None) -> list[dict]:
   train at; timing and memory fields are absent.
   """
   batch_size = batch_size or config.input.batch_size
-  setup = _Setup(config, batch_size)
-  state = setup.abstract_state()
-  batch = _abstract_batch(setup.host_batch)
+  run = assembly.build_run(config, abstract=True)
+  host_batch = assembly.example_batch(config, batch_size)
+  state = run.state
+  batch = _abstract_batch(host_batch)
   params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))
   rows = []
-  for name, fn in (('train', setup.train_jit), ('eval', setup.eval_jit)):
+  for name, fn in (('train', run.train_step), ('eval', run.eval_step())):
     rows.append({'model': config.model.name, 'step': name, 'batch_size': batch_size,
-                 'num_params': params, 'input_shapes': {
-                     k: list(v.shape[1:]) for k, v in setup.host_batch.items()
-                     if k not in ('label', 'mask', 'valid')},
+                 'num_params': params, 'input_shapes': benchmark.input_shapes(host_batch),
                  'devices': f'{jax.device_count()}x {jax.devices()[0].device_kind}',
                  **_cost(fn.lower(state, batch).cost_analysis())})
   return rows

@@ -11,18 +11,13 @@ import jax
 
 def main():
   from configs import avt_ca as avt_ca_config
-  from mer_jax import benchmark, models, optim, sharding, train
+  from mer_jax import assembly, sharding
   config = avt_ca_config.get_config('tiny')
-  mesh = sharding.make_mesh()
-  model = models.build(config.model, config.dataset.num_classes)
-  tx, schedule = optim.make_optimizer(config.optim, 10, 100)
-  host = benchmark.random_batch(config, 8, seed=3)
-  state = train.create_train_state(config, model, host, tx, mesh)
-  step = jax.jit(train.make_train_step(models.get('avt_ca').loss_fn, config.loss, (), schedule),
-                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)))
-  losses = []
+  run = assembly.build_run(config, steps_per_epoch=10, total_steps=100)
+  host = assembly.example_batch(config, 8, random=True, seed=3)
+  state, losses = run.state, []
   for _ in range(2):
-    state, out = step(state, sharding.place_batch(host, mesh))
+    state, out = run.train_step(state, sharding.place_batch(host, run.mesh))
     losses.append(float(out['loss']))
   print(json.dumps({'devices': jax.device_count(), 'losses': losses,
                     'grad_norm': float(out['grad_norm'])}))

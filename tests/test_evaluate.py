@@ -16,18 +16,21 @@ def run(tiny_data_dir, tmp_path_factory):
   base = tmp_path_factory.getbasetemp() / 'workflow'
   workdir = wh.trained_run(str(base), tiny_data_dir)
   from configs import avt_ca
+  from data_pipelines import input_pipeline
   from mer_jax import train
   cfg = avt_ca.get_config('tiny')
   cfg.dataset.data_dir = tiny_data_dir
-  return cfg, workdir, train.Trainer(cfg, workdir)  # one trainer: its eval step compiles once
+  data = input_pipeline.prepare(cfg.dataset)
+  # One assembled run for every test: its eval steps compile once.
+  return cfg, workdir, dict(run=train.assemble(cfg, data), data=data)
 
 
 def test_eval_reproduces_training_metrics(run):
   from mer_jax import evaluate
-  cfg, workdir, trainer = run
+  cfg, workdir, reuse = run
   trained = wh.load_json(os.path.join(workdir, 'results.json'))
   res = evaluate.evaluate_checkpoint(cfg, workdir, split='test', checkpoint='best',
-                                     example_index=1, trainer=trainer)
+                                     example_index=1, **reuse)
   for k, v in trained['test'].items():
     assert res[k] == v, k  # same code path, same checkpoint: bit-identical
   prefix = os.path.join(workdir, 'eval_synthetic_av_test_best')
@@ -45,17 +48,17 @@ def test_eval_reproduces_training_metrics(run):
 
 def test_eval_latest_and_numbered_step(run):
   from mer_jax import evaluate
-  cfg, workdir, trainer = run
+  cfg, workdir, reuse = run
   trained = wh.load_json(os.path.join(workdir, 'results.json'))
   latest = evaluate.evaluate_checkpoint(cfg, workdir, split='validation', checkpoint='latest',
-                                        figures=False, trainer=trainer)
+                                        figures=False, **reuse)
   assert latest['checkpoint_step'] == trained['steps']
   step = evaluate.evaluate_checkpoint(cfg, workdir, split='validation',
                                       checkpoint=str(trained['steps']), figures=False,
-                                      trainer=trainer)
+                                      **reuse)
   assert step['confusion_matrix'] == latest['confusion_matrix']
   with pytest.raises(FileNotFoundError):
-    evaluate.evaluate_checkpoint(cfg, workdir, checkpoint='99999', figures=False, trainer=trainer)
+    evaluate.evaluate_checkpoint(cfg, workdir, checkpoint='99999', figures=False, **reuse)
 
 
 def test_corruption_is_deterministic_and_rate_sized():
@@ -79,10 +82,18 @@ def test_corruption_is_deterministic_and_rate_sized():
 
 def test_robustness_sweep_clean_row_matches_training(run):
   from mer_jax import evaluate
-  cfg, workdir, trainer = run
+  cfg, workdir, reuse = run
   trained = wh.load_json(os.path.join(workdir, 'results.json'))
   conds = evaluate.robustness_conditions((0.5,), ('audio',), missing=True)
-  rows = evaluate.robustness_sweep(cfg, workdir, conds, trainer=trainer)
+  rows = evaluate.robustness_sweep(cfg, workdir, conds, **reuse)
   assert [r['kind'] for r in rows] == ['random', 'random', 'missing']
   assert rows[0]['accuracy'] == trained['test']['accuracy']
   assert all(0.0 <= r['accuracy'] <= 1.0 for r in rows)
+  # The same sweep as a configured evaluator; each setting compiles its own step once.
+  from mer_jax import assembly, evaluators
+  state, _ = assembly.restore(reuse['run'], workdir, 'best')
+  out = evaluators.run_all(reuse['run'], state, reuse['data'], {'robustness': {
+      'type': 'corruption', 'split': 'test', 'rates': (0.5,), 'modalities': ('audio',),
+      'missing': True}})
+  assert [r['accuracy'] for r in out['robustness']['rows']] == [r['accuracy'] for r in rows]
+  assert len(reuse['run']._eval_steps) >= 3

@@ -44,6 +44,28 @@ def test_fold_plan_partitions_speakers(tiny_data_dir):
   assert folds.wrap(base, avt_ca.get_config('tiny').dataset) is base  # off by default
 
 
+def test_fold_validation_carved_by_a_second_key(tiny_data_dir):
+  # IEMOCAP's protocol in miniature: whole groups for test, validation taken as
+  # values of a second feature out of the training groups.
+  from configs import avt_ca
+  from data_pipelines import folds, input_pipeline
+  cfg = avt_ca.get_config('tiny')
+  cfg.dataset.data_dir = tiny_data_dir
+  cfg.dataset.fold.update(num_folds=3, index=2, group_key='speaker', val_key='id',
+                          val_groups=5)
+  b = folds.wrap(input_pipeline.get_builder(cfg.dataset), cfg.dataset)
+  p = b.fold_plan
+  ids = {name: [(int(ex['speaker']), ex['id']) for ex in input_pipeline.as_numpy(
+      b.as_dataset(split=name, shuffle_files=False))] for name in ('train', 'validation', 'test')}
+  assert {len(v) for k, v in ids.items() if k == 'validation'} == {5}
+  for name in ids:
+    assert len(ids[name]) == p.counts[name] == b.info.splits[name].num_examples
+  test_speakers = {s for s, _ in ids['test']}
+  assert test_speakers == set(p.test)
+  assert not test_speakers & {s for s, _ in ids['train'] + ids['validation']}
+  assert not {i for _, i in ids['train']} & {i for _, i in ids['validation']}
+
+
 def _results(exp_dir):
   out = {}
   for path in sorted(glob.glob(os.path.join(exp_dir, '*', '*', 'results.json'))):

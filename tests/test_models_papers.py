@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mer_jax import contract as bc
-from mer_jax import models, train
+from mer_jax import assembly, models
 
 PAPERS = ['ofcmaer_cat', 'tucker_fusion', 'attsf_net', 'mmt_ca']
 B = 4
@@ -27,7 +27,7 @@ def _config(paper, arg='tiny'):
 
 
 def _random_batch(config, seed=0, batch_size=B):
-  batch = train.example_batch(config, batch_size)
+  batch = assembly.example_batch(config, batch_size)
   rng = np.random.default_rng(seed)
   for k, v in list(batch.items()):
     if k == 'video' and v.dtype == np.uint8:
@@ -122,12 +122,13 @@ def test_registry_and_presets():
     assert paper in models.names()
     for preset in ('synthetic', 'tiny', 'paper_shapes'):
       c = _config(paper, preset)
-      assert c.input.example_shapes, (paper, preset)
+      assert assembly.example_shapes(c), (paper, preset)
   assert _config('mmt_ca', 'synthetic').dataset.name == 'synthetic_av/default'
   assert _config('attsf_net', 'ravdess').optim.schedule == 'step'
   assert _config('attsf_net', 'ravdess+no_sim').loss.lambda_sim == 0.0
   assert not _config('ofcmaer_cat', 'iemocap+cnn_only').model.use_cmaa
-  assert _config('tucker_fusion', 'paper_shapes').input.example_shapes['video'] == (90, 224, 224, 3)
+  assert assembly.example_shapes(_config('tucker_fusion', 'paper_shapes'))['video'] == (
+      90, 224, 224, 3)
 
 
 def test_mmt_ca_unimodal_heads_and_single_images():

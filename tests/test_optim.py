@@ -50,3 +50,20 @@ def test_optimizers_step_and_clip(name):
 def test_unknown_optimizer_is_rejected():
   with pytest.raises(ValueError, match='unknown optimizer'):
     optim.make_optimizer(_cfg(optimizer='lamb'), 10, 100)
+
+
+def test_step_decay_default_start_is_after_decay_epochs():
+  # The schema's default decay_start_epoch (-1) must not decay from step 0.
+  c = _cfg(learning_rate=1e-3, schedule='step', decay_epochs=5, decay_rate=0.5)
+  s = optim.make_schedule(c, 10, 1000)
+  assert float(s(0)) == pytest.approx(1e-3)
+  assert float(s(49)) == pytest.approx(1e-3)
+  assert float(s(50)) == pytest.approx(5e-4)
+  assert float(s(100)) == pytest.approx(2.5e-4)
+
+
+def test_every_optimiser_knob_is_a_config_field():
+  # optim.py reads fields as attributes: a missing one raises, so each must be in the schema.
+  for name in ('b1', 'b2', 'nesterov', 'momentum', 'final_lr_fraction', 'decay_start_epoch',
+               'warmup_epochs', 'grad_clip_norm'):
+    assert name in config_lib.base_config().optim

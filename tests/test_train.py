@@ -1,5 +1,9 @@
-"""The training loop: learning, exact resume after a kill, device-count invariance,
-multi-process runs."""
+"""The training loop.
+
+In-process (default tier): learning, results and provenance, checkpoint cadence,
+resume, early stopping, a missing test split. Subprocess end-to-end runs (slow
+tier): exact resume after a SIGKILL, device-count invariance, two processes.
+"""
 
 import json
 import os
@@ -44,10 +48,19 @@ def _results(workdir):
     return json.load(f)
 
 
+def _tiny(data_dir, **train):
+  from configs import avt_ca
+  cfg = avt_ca.get_config('tiny')
+  cfg.dataset.data_dir = data_dir
+  cfg.train.update(train)
+  return cfg
+
+
 @pytest.fixture(scope='module')
 def uninterrupted(tiny_data_dir, tmp_path_factory):
+  from mer_jax import train
   workdir = tmp_path_factory.mktemp('uninterrupted')
-  _run(_main_cmd(workdir, tiny_data_dir))
+  train.train_and_evaluate(_tiny(tiny_data_dir), str(workdir))
   return workdir
 
 
@@ -64,8 +77,54 @@ def test_training_lowers_loss_and_writes_results(uninterrupted):
   assert np.mean(train_loss[-2:]) < train_loss[0], train_loss
   assert any(l['kind'] == 'val' for l in lines)
   assert list(pathlib.Path(uninterrupted, 'tensorboard').glob('events.out.tfevents.*'))
+  assert 'per_class' in res['test'] and len(res['test']['per_class']) == 6
 
 
+def test_results_carry_their_provenance(uninterrupted):
+  prov = _results(uninterrupted)['provenance']
+  assert prov['paper'] == '002' and prov['preset'] == 'tiny' and prov['seed'] == 0
+  assert len(prov['config_hash']) == 16 and prov['code']['commit']
+  ds = prov['dataset']
+  assert ds['name'] == 'synthetic_av/small' and ds['version'] and len(ds['fingerprint']) == 16
+  assert prov['fold'] is None
+
+
+def test_checkpoint_cadence_and_in_process_resume(uninterrupted, tiny_data_dir, tmp_path):
+  from mer_jax import checkpointing, train
+  workdir = str(tmp_path / 'resumed')
+  # Stop after 5 steps (tiny: 9 steps per epoch, a checkpoint every 4 steps and at
+  # every epoch end), then run the full schedule in the same directory.
+  train.train_and_evaluate(_tiny(tiny_data_dir, max_steps=5), workdir)
+  ckpts = checkpointing.Checkpoints(workdir, keep=2)
+  assert ckpts.all_steps()['latest'] == [4, 5]  # cadence 4, and the run's last step
+  ckpts.close()
+  res = train.train_and_evaluate(_tiny(tiny_data_dir), workdir)
+  full = _results(uninterrupted)
+  assert res['steps'] == full['steps'] == 18
+  for split in ('val', 'test'):
+    assert res[split]['confusion_matrix'] == full[split]['confusion_matrix']
+    assert res[split]['loss'] == pytest.approx(full[split]['loss'], rel=1e-5)
+
+
+def test_run_without_test_split_ends_on_validation(tiny_data_dir, tmp_path):
+  from mer_jax import train
+  cfg = _tiny(tiny_data_dir, max_steps=3)
+  cfg.dataset.test_split = 'nonexistent'
+  res = train.train_and_evaluate(cfg, str(tmp_path / 'no_test'))
+  assert 'test' not in res and res['val']['num_examples'] > 0
+  assert os.path.exists(tmp_path / 'no_test' / 'checkpoints' / 'best')
+
+
+def test_missing_train_split_fails_before_training(tiny_data_dir, tmp_path):
+  from mer_jax import train
+  cfg = _tiny(tiny_data_dir)
+  cfg.dataset.val_split = 'valid'
+  with pytest.raises(ValueError, match="no split 'valid'"):
+    train.train_and_evaluate(cfg, str(tmp_path / 'bad'))
+  assert not os.path.exists(tmp_path / 'bad' / 'checkpoints')
+
+
+@pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted(uninterrupted, tiny_data_dir, tmp_path):
   workdir = tmp_path / 'killed'
   latest = workdir / 'checkpoints' / 'latest'
@@ -91,6 +150,7 @@ def test_kill_and_resume_matches_uninterrupted(uninterrupted, tiny_data_dir, tmp
     assert a[split]['loss'] == pytest.approx(b[split]['loss'], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_one_and_eight_devices_give_the_same_loss():
   outs = {}
   for n in (1, 8):
@@ -108,6 +168,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_together(tiny_data_dir, tmp_path):
   """Two local CPU processes joined by jax.distributed train one model."""
   port = _free_port()
@@ -129,10 +190,10 @@ def test_two_processes_train_together(tiny_data_dir, tmp_path):
 
 def test_early_stopping_ends_the_run(tiny_data_dir, tmp_path):
   # With a zero learning rate validation never improves after the first epoch.
-  workdir = tmp_path / 'early'
-  _run(_main_cmd(workdir, tiny_data_dir, '--config.optim.learning_rate=0.0',
-                 '--config.train.num_epochs=6', '--config.train.early_stopping_patience=2'))
-  res = _results(workdir)
+  from mer_jax import train
+  cfg = _tiny(tiny_data_dir, num_epochs=6, early_stopping_patience=2)
+  cfg.optim.learning_rate = 0.0
+  res = train.train_and_evaluate(cfg, str(tmp_path / 'early'))
   assert res['early_stopped'] is True
   assert res['epochs'] == 3 and res['steps'] == 27  # best at epoch 1, then 2 without gain
   assert res['best_step'] == 9

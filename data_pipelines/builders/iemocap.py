@@ -52,7 +52,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from mer_jax.contract import logger as logging
 
-from data_pipelines.builders import builder_lib
+from data_pipelines.builders import builder_lib, paper_features
 from data_pipelines.features import audio as audio_features
 from data_pipelines.features import video as video_features
 
@@ -67,6 +67,11 @@ LABEL_MAPS = {
                 'fearful', 'disgusted'),
                {'ang': 0, 'exc': 1, 'fru': 2, 'hap': 3, 'neu': 4, 'sad': 5, 'sur': 6,
                 'fea': 7, 'dis': 8}),
+    # Paper 001, Table 3: eight classes, happy and excited kept apart.
+    'tucker_fusion': (('angry', 'happy', 'sad', 'neutral', 'excited', 'frustrated', 'surprised',
+                       'fearful'),
+                      {'ang': 0, 'hap': 1, 'sad': 2, 'neu': 3, 'exc': 4, 'fru': 5, 'sur': 6,
+                       'fea': 7}),
 }
 KNOWN_LABELS = ('ang', 'exc', 'fru', 'hap', 'neu', 'sad', 'sur', 'fea', 'dis', 'oth', 'xxx')
 
@@ -188,6 +193,10 @@ class Iemocap(tfds.core.GeneratorBasedBuilder):
       IemocapConfig(name='4class', description='neutral/happy+excited/sad/angry; A+V+T.'),
       IemocapConfig(name='6class', description='6 classes; A+V+T.', label_map='6class'),
       IemocapConfig(name='9class', description='9 classes; A+V+T.', label_map='9class'),
+      IemocapConfig(name='tucker_fusion', description='Paper 001: Table 3\'s 8 classes, '
+                    '128 log-mels x 256 frames, 90 faces of 224x224; A+V+T.',
+                    label_map='tucker_fusion', audio=paper_features.PAPER_FEATURES[
+                        'tucker_fusion'][0], video=paper_features.PAPER_FEATURES['tucker_fusion'][1]),
       IemocapConfig(name='4class_audio', description='4 classes; audio + text.',
                     with_video=False, video=None),
       IemocapConfig(name='4class_small', description='Tiny 4class for tests.',

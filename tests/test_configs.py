@@ -1,0 +1,92 @@
+"""The preset grammar shared by every config file, and what presets promise."""
+
+import importlib
+
+import pytest
+
+from mer_jax import config_lib, models
+
+PAPERS = ('ofcmaer_cat', 'tucker_fusion', 'avt_ca', 'attsf_net', 'mmt_ca')
+
+
+def _module(paper):
+  return importlib.import_module(f'configs.{paper}')
+
+
+def test_parse_arg_grammar():
+  p = config_lib.parse_arg('ravdess+it1,seed=3,fold=2,runlocal')
+  assert (p.preset, p.variants, p.seed, p.fold, p.runlocal) == ('ravdess', ('it1',), 3, 2, True)
+  p = config_lib.parse_arg('ravdess,variant=no_sab+l2')
+  assert p.variants == ('no_sab', 'l2')
+  assert config_lib.parse_arg('').preset == 'synthetic'
+  with pytest.raises(ValueError, match='unknown key'):
+    config_lib.parse_arg('ravdess,lr=3')
+  with pytest.raises(ValueError, match='neither'):
+    config_lib.parse_arg('ravdess,it1')
+
+
+def test_both_spellings_give_the_same_config():
+  mod = _module('avt_ca')
+  a = mod.get_config('ravdess+it1,seed=1')
+  b = mod.get_config('ravdess,variant=it1,seed=1')
+  a.arg = b.arg = ''
+  assert a.to_json() == b.to_json()
+  assert a.preset == 'ravdess' and a.variant == 'it1' and a.seed == 1
+
+
+@pytest.mark.parametrize('paper', PAPERS)
+def test_every_preset_and_variant_builds(paper):
+  mod = _module(paper)
+  for preset in mod.PRESETS:
+    c = mod.get_config(preset)
+    assert c.model.name == paper and c.preset == preset
+    assert c.paper == models.get(paper).paper
+    for variant in mod.VARIANTS:
+      if variant == 'from_validation' and not preset.startswith('ferplus'):
+        continue
+      assert mod.get_config(f'{preset}+{variant}').variant == variant
+
+
+def test_unknown_names_are_rejected():
+  mod = _module('avt_ca')
+  with pytest.raises(ValueError, match='unknown preset'):
+    mod.get_config('nope')
+  with pytest.raises(ValueError, match='unknown variant'):
+    mod.get_config('ravdess+nope')
+  with pytest.raises(ValueError, match='no k-fold protocol'):
+    mod.get_config('synthetic,fold=1')
+
+
+def test_fold_selects_the_protocol_fold():
+  c = _module('attsf_net').get_config('ravdess,fold=3')
+  assert c.dataset.fold.num_folds == 5 and c.dataset.fold.index == 3
+
+
+def test_iemocap_presets_train_on_sessions_1_to_4_and_validate_apart_from_test():
+  for paper in ('attsf_net', 'ofcmaer_cat', 'tucker_fusion'):
+    c = _module(paper).get_config('iemocap')
+    f = c.dataset.fold
+    assert (f.num_folds, f.index, f.group_key) == (5, 4, 'session')  # session 5 is test
+    assert f.val_groups > 0 and f.val_key == 'speaker'  # validation carved from speakers
+
+
+def test_real_data_presets_use_hard_labels_and_state_their_target():
+  for paper in PAPERS:
+    mod = _module(paper)
+    for preset in mod.PRESETS:
+      c = mod.get_config(preset)
+      assert c.loss.soft_labels is False
+      if preset not in ('synthetic', 'tiny', 'paper_shapes', 'ravdess_ferplus', 'ravdess'):
+        assert c.reference.metric, f'{paper}:{preset} states no target'
+
+
+def test_ofcmaer_cnn_only_row_trains_on_cross_entropy_alone():
+  c = _module('ofcmaer_cat').get_config('iemocap+cnn_only')
+  assert c.loss.lambda2 == 0.0 and c.loss.lambda3 == 0.0
+  full = _module('ofcmaer_cat').get_config('iemocap')
+  assert full.loss.lambda2 > 0 and full.loss.lambda3 > 0
+
+
+def test_runlocal_shrinks_the_run():
+  c = _module('mmt_ca').get_config('synthetic,runlocal')
+  assert 0 < c.train.max_steps <= config_lib.RUNLOCAL_STEPS
