@@ -1,5 +1,6 @@
 """IEMOCAP, CMU-MOSEI and DEAP builders on small fixtures written by the tests
-in the official formats (EmoEvaluation text, SDK .csd HDF5, latin1 pickles)."""
+in the official formats (EmoEvaluation text, SDK .csd HDF5, latin1 pickles,
+per-trial face .avi files), and the true lengths they store."""
 
 from __future__ import annotations
 
@@ -324,3 +325,145 @@ def test_deap_labels():
   assert deap.label_of([6, 4, 1, 1], 'arousal', 5) == 0
   with pytest.raises(ValueError):
     deap.label_of([0, 4, 1, 1], 'valence', 5)
+
+
+# DEAP face video: per-trial avi files (OpenCV MJPG) beside the pickles.
+
+VIDEO_FPS = 5  # DEAP records 50 fps; the builder reads the rate from the file
+
+
+def _drawn_face(scale, h=192, w=240):
+  """A cartoon face the Haar cascade finds, its brightness scaled by `scale`."""
+  import cv2
+  img = np.full((h, w, 3), 90, np.uint8)
+  cv2.ellipse(img, (w // 2, h // 2), (50, 65), 0, 0, 360, (200, 170, 150), -1)
+  for dx in (-20, 20):
+    cv2.circle(img, (w // 2 + dx, h // 2 - 15), 7, (40, 30, 30), -1)
+  cv2.ellipse(img, (w // 2, h // 2 + 30), (20, 8), 0, 0, 180, (60, 40, 40), 3)
+  return (img * scale).astype(np.uint8)
+
+
+def _write_avi(path, frame_fn, seconds, fps=VIDEO_FPS):
+  import cv2
+  path.parent.mkdir(parents=True, exist_ok=True)
+  first = frame_fn(0.0)
+  out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), fps,
+                        (first.shape[1], first.shape[0]))
+  assert out.isOpened()
+  for i in range(int(seconds * fps)):
+    out.write(frame_fn(i / fps))
+  out.release()
+
+
+# Face video trial (presentation order) -> Experiment_id, per participant.
+DEAP_ORDER = {1: {1: 3, 2: 1, 3: 2}, 2: {1: 1, 2: 2, 3: 3}, 3: {1: 1, 2: 2, 3: 3},
+              4: {1: 2, 2: 3, 3: 1}}
+TRIAL_SCALE = {1: 1.0, 2: 0.55, 3: 0.3}  # face brightness by video trial number
+
+
+@pytest.fixture
+def deap_video_dir(deap_dir):
+  videos = deap_dir / 'face_video'
+  for trial in (1, 2, 3):  # s01: all trials, in shuffled presentation order
+    _write_avi(videos / 's01' / f's01_trial{trial:02d}.avi',
+               lambda t, k=TRIAL_SCALE[trial]: _drawn_face(k), 60)
+  _write_avi(videos / 's02' / 's02_trial01.avi', lambda t: _drawn_face(1.0), 60)
+  _write_avi(videos / 's02' / 's02_trial02.avi', lambda t: _drawn_face(1.0), 35)  # short
+  # s02 trial 3 has no file; s03's camera shows no face; s03 trial 2 is damaged;
+  # s04 has no video (as participants 23-32).
+  rng = np.random.default_rng(0)
+  _write_avi(videos / 's03' / 's03_trial01.avi',
+             lambda t: rng.integers(0, 255, (192, 240, 3), dtype=np.uint8), 60)
+  (videos / 's03' / 's03_trial02.avi').write_bytes(b'RIFF' + b'\0' * 2000)
+  (videos / 's03' / 'take2.avi').write_bytes(b'x')
+  meta = deap_dir / 'metadata_csv'
+  meta.mkdir()
+  rows = ['Participant_id,Trial,Experiment_id,Start_time,Valence,Arousal,Dominance,Liking,'
+          'Familiarity']
+  rows += [f'{p},{t},{e},0,5,5,5,5,1' for p, order in DEAP_ORDER.items()
+           for t, e in order.items()]
+  (meta / 'participant_ratings.csv').write_text('\n'.join(rows) + '\n')
+  return deap_dir
+
+
+def test_deap_face_video_build(deap_video_dir, tmp_path):
+  from data_pipelines import input_pipeline
+  builder = _build('deap/valence_arousal_face_small', deap_video_dir, tmp_path / 'out')
+  sizes = {k: v.num_examples for k, v in builder.info.splits.items()}
+  assert sizes == {'train': 36, 'validation': 18, 'test': 18}  # as the physio-only build
+  ex = {}
+  for split in sizes:
+    ex.update(_examples(builder, split))
+  names = deap.LABEL_NAMES['valence_arousal']
+  assert names[ex['s01_t01_w00']['label']] == 'high_valence_low_arousal'
+  assert names[ex['s02_t03_w05']['label']] == 'low_valence_low_arousal'
+  for e in ex.values():
+    assert e['video'].shape == (4, 32, 32, 3) and e['physio'].shape == (320, 40)
+    n = int(e['video_length'])
+    assert e['mask'].tolist() == [0, float(n > 0), 0, 1]
+    assert not e['video'][n:].any()  # padding and masked video are zero frames
+    if n:
+      assert e['video'][:n].reshape(n, -1).std(axis=1).min() > 10  # real crops
+  lengths = lambda s, t: [int(ex[f's{s:02d}_t{t:02d}_w{w:02d}']['video_length'])
+                          for w in range(6)]
+  for t in (1, 2, 3):
+    assert lengths(1, t) == [4] * 6
+  # The 35 s video covers windows 0-2 and two of window 3's sample times
+  # (31.25 and 33.75 s after the 3 s baseline).
+  assert lengths(2, 1) == [4] * 6 and lengths(2, 2) == [4, 4, 4, 2, 0, 0]
+  assert lengths(2, 3) == [0] * 6  # no file for this trial
+  assert lengths(3, 1) == [0] * 6  # no face detected: masked, not faked
+  assert lengths(3, 2) == lengths(3, 3) == lengths(4, 1) == [0] * 6
+  # Presentation order -> experiment id: s01's brightest video (trial01.avi)
+  # belongs to the arrays' trial 3, trial02.avi to 1, trial03.avi to 2.
+  bright = {t: ex[f's01_t{t:02d}_w00']['video'].mean() for t in (1, 2, 3)}
+  assert bright[3] > bright[1] > bright[2]
+  reasons = _skips(builder)
+  assert any('s03_trial02.avi' in p and 'face video unusable' in r for p, r in reasons)
+  assert any('take2.avi' in p and 'sXX_trialYY' in r for p, r in reasons)
+  # The input pipeline turns the stored lengths into per-frame validity.
+  ds, _ = input_pipeline.eval_dataset(builder, 'train', 12)
+  stored = [int(e['video_length']) for e in tfds.as_numpy(
+      builder.as_dataset(split='train', shuffle_files=False))]
+  got = []
+  for batch in input_pipeline.as_numpy(ds):
+    assert batch['video_valid'].shape == (12, 4) and batch['physio_valid'].shape == (12, 320)
+    assert batch['physio_valid'].all()
+    np.testing.assert_array_equal(batch['video_valid'].sum(1) > 0, batch['mask'][:, 1] > 0)
+    for row in batch['video_valid']:
+      n = int(row.sum())
+      assert row[:n].all() and not row[n:].any()
+      got.append(n)
+  assert got == stored and 0 < sum(stored) < 4 * len(stored)
+
+
+def test_deap_face_video_needs_presentation_order(deap_video_dir, tmp_path):
+  (deap_video_dir / 'metadata_csv' / 'participant_ratings.csv').unlink()
+  builder = tfds.builder('deap/valence_arousal_face_small', data_dir=str(tmp_path / 'out'))
+  with pytest.raises(builder_lib.ManualDirError, match='participant_ratings.csv'):
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(deap_video_dir)))
+
+
+@pytest.mark.parametrize('drop_baseline,onset', [(True, 0.0), (True, 2.0), (False, 3.0),
+                                                 (False, 0.0)])
+def test_deap_window_video_alignment(tmp_path, drop_baseline, onset):
+  """Frame brightness encodes its time in the avi: 10 + 4 * t."""
+  avi = tmp_path / 's01_trial01.avi'
+  _write_avi(avi, lambda t: np.full((96, 120, 3), int(10 + 4 * t), np.uint8), 60)
+  cfg = builder_lib.plain_config(deap.DeapConfig(name='t'))
+  cfg.drop_baseline, cfg.video_onset_s, cfg.face_crop = drop_baseline, onset, False
+  cfg.video_frames, cfg.frame_size = 4, 16
+  starts = deap.window_starts(8064 - (384 if drop_baseline else 0), cfg)
+  assert len(starts) == 6
+  for w, start in enumerate(starts):
+    frames, n = deap.window_video(str(avi), 60.0, start, cfg)
+    times = deap.window_video_times(start, cfg)
+    # After the baseline, sample s is at s / 128 - (3 if the baseline is kept) s.
+    expected_t = onset + start / 128 - (0 if drop_baseline else 3) + (np.arange(4) + 0.5) * 2.5
+    np.testing.assert_allclose(times, expected_t)
+    real = (expected_t >= 0) & (expected_t < 60)
+    assert n == real.sum()
+    np.testing.assert_allclose(frames[:n].reshape(n, -1).mean(1), 10 + 4 * expected_t[real],
+                               atol=3.0)
+    assert not frames[n:].any()
