@@ -44,6 +44,20 @@ def _skips(builder):
   return [(s['path'], s['reason']) for v in report['skipped'].values() for s in v]
 
 
+def _assert_valid_matches_lengths(builder, split, modalities):
+  """input_pipeline's '<m>_valid' is a prefix of ones as long as '<m>_length'."""
+  from data_pipelines import input_pipeline
+  stored = list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
+  ds, _ = input_pipeline.eval_dataset(builder, split, len(stored))
+  batch = next(input_pipeline.as_numpy(ds))
+  for m in modalities:
+    valid = batch[f'{m}_valid']
+    assert valid.shape == batch[m].shape[:2]
+    lengths = np.array([e[f'{m}_length'] for e in stored])
+    np.testing.assert_array_equal(valid.sum(1), lengths)
+    np.testing.assert_array_equal(valid, np.arange(valid.shape[1])[None] < lengths[:, None])
+
+
 # ----------------------------------------------------------------------------
 # IEMOCAP
 
@@ -189,6 +203,19 @@ def test_iemocap_build_av_text(iemocap_dir, tmp_path):
   skipped = _skips(builder)
   assert any('malformed header' in r for _, r in skipped)
   assert any('wav missing' in r for _, r in skipped)
+  # True lengths: 1.2 s (session 1) and 1.0 s (session 5) wavs in a 2 s window at
+  # a 320-sample hop; words before the zero padding; all frames or none.
+  for e in list(train.values()) + list(test.values()):
+    secs = 1.2 if e['session'] == 1 else 1.0
+    assert e['audio_length'] == int(np.ceil(secs * 16000 / 320))
+    n = int(e['audio_length'])
+    assert np.ptp(e['audio'][n + 2:], axis=0).max() < 1e-3  # padding: silence frames
+    assert np.ptp(e['audio'][:n], axis=0).max() > 1.0
+    assert e['text_length'] == np.count_nonzero(e['text'].any(axis=1))
+    assert e['video_length'] == (3 if e['mask'][1] else 0)
+  assert f0['text_length'] == 2 and m0['text_length'] == 5
+  assert test['Ses05M_script01_1_F000']['video_length'] == 0
+  _assert_valid_matches_lengths(builder, 'train', ('audio', 'video', 'text'))
 
 
 # ----------------------------------------------------------------------------
@@ -267,6 +294,14 @@ def test_mosei_build(mosei_dir, tmp_path):
   assert a['audio'][5, :3].tolist() == [0, 0, 0]
   assert a['video'].shape == (150, 35) and a['text'].shape == (50, 300)
   assert any('no audio' in r for _, r in _skips(builder))
+  # True lengths: the rows of each sequence that overlap the 2 s segment.
+  assert a['audio_length'] == np.count_nonzero(a['audio'].any(axis=1))
+  assert 200 <= a['audio_length'] <= 201
+  assert 60 <= a['video_length'] <= 61 and 6 <= a['text_length'] <= 7
+  for e in (a, val['vidB[0]'], test['vidC[0]']):
+    for m in ('audio', 'video', 'text'):
+      assert not e[m][int(e[f'{m}_length']):].any() and e[m][int(e[f'{m}_length']) - 1].any()
+  _assert_valid_matches_lengths(builder, 'train', ('audio', 'video', 'text'))
 
 
 def test_mosei_missing_sequence(mosei_dir, tmp_path):
