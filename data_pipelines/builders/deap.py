@@ -26,7 +26,7 @@ file names counts in presentation order, while the preprocessed arrays are
 in experiment-id (music video) order, so `video_trial_order='presentation'`
 maps (participant, Trial) to Experiment_id through
 `metadata_csv/participant_ratings.csv` (required then; 'experiment' reads
-`YY` as the experiment id). Participants or trials without a video keep
+`YY` as the experiment id); 'trial' is the experiment id. Participants or trials without a video keep
 their physio windows with video 0 in 'mask' and zero frames, never faked; so
 does a window in which no face is detected (`missing_face='mask'`).
 'video_length' counts the window's real frames: sample times that fall
@@ -72,6 +72,10 @@ LABEL_NAMES = {
 _FILE_RE = re.compile(r'^s(\d{2})\.dat$')
 _VIDEO_RE = re.compile(r'^s(\d{2})_trial(\d{2})\.avi$', re.IGNORECASE)
 RATINGS_CSV = 'participant_ratings.csv'
+NUM_TRIALS = 40
+# Face video configs: trials per work item, so a worker returns ~50 MB of
+# frames rather than a subject's ~500 MB.
+VIDEO_TRIALS_PER_ITEM = 4
 
 MANUAL_DIR_INSTRUCTIONS = """\
 Request DEAP at https://www.eecs.qmul.ac.uk/mmv/datasets/deap/ (EULA) and
@@ -233,8 +237,8 @@ def window_video(path: str, duration_s: float, start: int, cfg):
     return out, 0
   k0, k1 = int(inside[0]), int(inside[-1]) + 1
   dt = cfg.window_s / n
-  # Decoding [t_k0 - dt/2, t_k1 - dt/2) and sampling k1 - k0 segment centres
-  # lands on the sample times.
+  # Sampling k1 - k0 segment centres of [t_k0 - dt/2, t_(k1-1) + dt/2) lands
+  # on the sample times.
   first = max(times[k0] - dt / 2, 0.0)
   frames, _ = media.decode_video(path, start_s=first, end_s=times[k1 - 1] + dt / 2,
                                  num_frames=k1 - k0)
@@ -249,13 +253,18 @@ def _trial_duration(path: str) -> float:
 
 
 def process_item(item, cfg):
-  """One subject file -> list of (key, example) over its trials' windows."""
+  """One subject file -> list of (key, example) over its trials' windows.
+
+  `item['trials']` (first, end): only trials first..end-1 (1-based; end None:
+  to the last), for the face video configs' smaller work items.
+  """
   from data_pipelines.features import clip
   from data_pipelines.features import media
   data, labels = load_subject(item['path'])
   out = []
   videos = item.get('videos') or {}
-  for trial in range(data.shape[0]):
+  first, end = item.get('trials') or (1, None)
+  for trial in range(first - 1, data.shape[0] if end is None else min(end - 1, data.shape[0])):
     where = f'{item["path"]} trial {trial + 1}'
     if not np.all(np.isfinite(data[trial])):
       out.append(builder_lib.Skip(where, 'non-finite samples'))
@@ -295,7 +304,7 @@ def process_item(item, cfg):
     if video_error:
       out.append(builder_lib.Skip(avi, f'face video unusable ({video_error}); trial '
                                   f'{trial + 1} keeps physio with video masked'))
-  if not any(isinstance(o, tuple) for o in out):
+  if item.get('trials') is None and not any(isinstance(o, tuple) for o in out):
     raise ValueError(f'{item["path"]}: no usable trial windows')
   return out
 
@@ -369,6 +378,9 @@ class Deap(tfds.core.GeneratorBasedBuilder):
         item['videos'] = videos.get(item['subject'], {})
       logging.info('deap/%s: face video for %d of %d subjects', c.name,
                    sum(bool(i['videos']) for i in items), len(items))
+      starts = range(1, NUM_TRIALS + 1, VIDEO_TRIALS_PER_ITEM)
+      items = [dict(i, trials=(t, t + VIDEO_TRIALS_PER_ITEM if t + VIDEO_TRIALS_PER_ITEM <=
+                                NUM_TRIALS else None)) for i in items for t in starts]
     # One work item per subject file (~100 MB); it returns all its windows.
     return builder_lib.build_splits(self, MODULE, 'process_item', items, report,
                                     lambda ex: int(ex['speaker']), c.val_frac, c.test_frac)
@@ -409,4 +421,8 @@ def face_videos(manual_dir: str, cfg, report) -> dict:
                    f'trial {trial} in {path}')
         continue
       out.setdefault(subject, {})[exp] = avi
+  for subject, trials in sorted(out.items()):
+    if len(trials) < NUM_TRIALS:
+      logging.info('deap/%s: participant %d has face video for %d of %d trials; the others '
+                   'keep physio with video masked', cfg.name, subject, len(trials), NUM_TRIALS)
   return out
