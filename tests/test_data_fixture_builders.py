@@ -502,3 +502,29 @@ def test_deap_window_video_alignment(tmp_path, drop_baseline, onset):
     np.testing.assert_allclose(frames[:n].reshape(n, -1).mean(1), 10 + 4 * expected_t[real],
                                atol=3.0)
     assert not frames[n:].any()
+
+
+# ----------------------------------------------------------------------------
+# True lengths of the shared audio features
+
+
+@pytest.mark.parametrize('seconds,duration_s,num_frames,kind,expected', [
+    (1.0, 2.0, 100, 'mfcc', 50),  # padded wave: frames whose centre is in the 1 s
+    (3.0, 2.0, 100, 'mfcc', 100),  # centre-cropped wave: all real
+    (1.0, None, 100, 'mfcc', 51),  # no wave padding: the 51 frames librosa gives, padded rows
+    (3.0, None, 100, 'mfcc', 100),  # 151 frames centre-cropped to 100
+    (1.0, 2.0, 80, 'mfcc', 40),  # 101 frames cropped from the centre: start 10
+    (0.5, 2.0, None, 'logmel', 25),
+    (0.5, 1.0, None, 'waveform', 8000),
+])
+def test_audio_feature_lengths(seconds, duration_s, num_frames, kind, expected):
+  from data_pipelines.features import audio as audio_features
+  cfg = audio_features.AudioFeatureConfig(sample_rate=16000, duration_s=duration_s,
+                                          hop_length=320, num_frames=num_frames, kind=kind)
+  t = np.arange(int(seconds * 16000)) / 16000
+  wave = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+  feats, n = audio_features.extract_audio_features(wave, 16000, cfg, return_length=True)
+  assert n == expected
+  np.testing.assert_array_equal(feats, audio_features.extract_audio_features(wave, 16000, cfg))
+  if n + 2 < len(feats):  # padding: constant rows (silence or zeros) after the real ones
+    assert np.ptp(feats[n + 2:], axis=0).max() < 1e-3 < np.ptp(feats[:n], axis=0).max()
