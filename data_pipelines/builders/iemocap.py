@@ -32,6 +32,7 @@ embedding, `text_dim` wide, `max_words` long); the raw transcript is kept in
 'mask' marks the modalities present per example (audio, video, text,
 physio): an utterance whose span shows no detectable face keeps its audio
 and text with zero frames and video 0 in 'mask' (`missing_face='mask'`).
+An utterance without transcript words has text 0 in 'mask'.
 True lengths: 'audio_length' (real MFCC frames of an utterance shorter than
 the window), 'text_length' (words before the zero padding) and
 'video_length' (all frames, 0 for masked video: frames are resampled, never
@@ -340,7 +341,8 @@ def process_item(item, cfg):
   if cfg.with_text:
     example['text'] = hashed_word_vectors(item['transcript'], cfg.text_dim, cfg.max_words)
     example['text_length'] = min(len(words_of(item['transcript'])), cfg.max_words)
-  mask = [1.0, 0.0, 1.0 if cfg.with_text else 0.0, 0.0]  # audio, video, text, physio
+  # audio, video, text, physio; an utterance without transcript words has no text.
+  mask = [1.0, 0.0, 1.0 if cfg.with_text and example['text_length'] else 0.0, 0.0]
   if cfg.with_video:
     try:
       example['video'] = clip.preprocess_av(
