@@ -1,5 +1,6 @@
 """IEMOCAP, CMU-MOSEI and DEAP builders on small fixtures written by the tests
-in the official formats (EmoEvaluation text, SDK .csd HDF5, latin1 pickles)."""
+in the official formats (EmoEvaluation text, SDK .csd HDF5, latin1 pickles,
+per-trial face .avi files), and the true lengths they store."""
 
 from __future__ import annotations
 
@@ -41,6 +42,20 @@ def _examples(builder, split):
 def _skips(builder):
   report = builder_lib.read_skip_report(builder.data_dir)
   return [(s['path'], s['reason']) for v in report['skipped'].values() for s in v]
+
+
+def _assert_valid_matches_lengths(builder, split, modalities):
+  """input_pipeline's '<m>_valid' is a prefix of ones as long as '<m>_length'."""
+  from data_pipelines import input_pipeline
+  stored = list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
+  ds, _ = input_pipeline.eval_dataset(builder, split, len(stored))
+  batch = next(input_pipeline.as_numpy(ds))
+  for m in modalities:
+    valid = batch[f'{m}_valid']
+    assert valid.shape == batch[m].shape[:2]
+    lengths = np.array([e[f'{m}_length'] for e in stored])
+    np.testing.assert_array_equal(valid.sum(1), lengths)
+    np.testing.assert_array_equal(valid, np.arange(valid.shape[1])[None] < lengths[:, None])
 
 
 # ----------------------------------------------------------------------------
@@ -183,11 +198,24 @@ def test_iemocap_build_av_text(iemocap_dir, tmp_path):
   assert f0['video'].std() > 10 and m0['video'].std() > 10
   np.testing.assert_array_equal(f0['mask'], [1, 1, 1, 0])
   no_face = test['Ses05M_script01_1_F000']
-  np.testing.assert_array_equal(no_face['mask'], [1, 0, 1, 0])
+  np.testing.assert_array_equal(no_face['mask'], [1, 0, 0, 0])  # no face, no transcript
   assert not no_face['video'].any() and no_face['audio'].any()
   skipped = _skips(builder)
   assert any('malformed header' in r for _, r in skipped)
   assert any('wav missing' in r for _, r in skipped)
+  # True lengths: 1.2 s (session 1) and 1.0 s (session 5) wavs in a 2 s window at
+  # a 320-sample hop; words before the zero padding; all frames or none.
+  for e in list(train.values()) + list(test.values()):
+    secs = 1.2 if e['session'] == 1 else 1.0
+    assert e['audio_length'] == int(np.ceil(secs * 16000 / 320))
+    n = int(e['audio_length'])
+    assert np.ptp(e['audio'][n + 2:], axis=0).max() < 1e-3  # padding: silence frames
+    assert np.ptp(e['audio'][:n], axis=0).max() > 1.0
+    assert e['text_length'] == np.count_nonzero(e['text'].any(axis=1))
+    assert e['video_length'] == (3 if e['mask'][1] else 0)
+  assert f0['text_length'] == 2 and m0['text_length'] == 5
+  assert test['Ses05M_script01_1_F000']['video_length'] == 0
+  _assert_valid_matches_lengths(builder, 'train', ('audio', 'video', 'text'))
 
 
 # ----------------------------------------------------------------------------
@@ -266,6 +294,14 @@ def test_mosei_build(mosei_dir, tmp_path):
   assert a['audio'][5, :3].tolist() == [0, 0, 0]
   assert a['video'].shape == (150, 35) and a['text'].shape == (50, 300)
   assert any('no audio' in r for _, r in _skips(builder))
+  # True lengths: the rows of each sequence that overlap the 2 s segment.
+  assert a['audio_length'] == np.count_nonzero(a['audio'].any(axis=1))
+  assert 200 <= a['audio_length'] <= 201
+  assert 60 <= a['video_length'] <= 61 and 6 <= a['text_length'] <= 7
+  for e in (a, val['vidB[0]'], test['vidC[0]']):
+    for m in ('audio', 'video', 'text'):
+      assert not e[m][int(e[f'{m}_length']):].any() and e[m][int(e[f'{m}_length']) - 1].any()
+  _assert_valid_matches_lengths(builder, 'train', ('audio', 'video', 'text'))
 
 
 def test_mosei_missing_sequence(mosei_dir, tmp_path):
@@ -324,3 +360,171 @@ def test_deap_labels():
   assert deap.label_of([6, 4, 1, 1], 'arousal', 5) == 0
   with pytest.raises(ValueError):
     deap.label_of([0, 4, 1, 1], 'valence', 5)
+
+
+# DEAP face video: per-trial avi files (OpenCV MJPG) beside the pickles.
+
+VIDEO_FPS = 5  # DEAP records 50 fps; the builder reads the rate from the file
+
+
+def _drawn_face(scale, h=192, w=240):
+  """A cartoon face the Haar cascade finds, its brightness scaled by `scale`."""
+  import cv2
+  img = np.full((h, w, 3), 90, np.uint8)
+  cv2.ellipse(img, (w // 2, h // 2), (50, 65), 0, 0, 360, (200, 170, 150), -1)
+  for dx in (-20, 20):
+    cv2.circle(img, (w // 2 + dx, h // 2 - 15), 7, (40, 30, 30), -1)
+  cv2.ellipse(img, (w // 2, h // 2 + 30), (20, 8), 0, 0, 180, (60, 40, 40), 3)
+  return (img * scale).astype(np.uint8)
+
+
+def _write_avi(path, frame_fn, seconds, fps=VIDEO_FPS):
+  import cv2
+  path.parent.mkdir(parents=True, exist_ok=True)
+  first = frame_fn(0.0)
+  out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), fps,
+                        (first.shape[1], first.shape[0]))
+  assert out.isOpened()
+  for i in range(int(seconds * fps)):
+    out.write(frame_fn(i / fps))
+  out.release()
+
+
+# Face video trial (presentation order) -> Experiment_id, per participant.
+DEAP_ORDER = {1: {1: 3, 2: 1, 3: 2}, 2: {1: 1, 2: 2, 3: 3}, 3: {1: 1, 2: 2, 3: 3},
+              4: {1: 2, 2: 3, 3: 1}}
+TRIAL_SCALE = {1: 1.0, 2: 0.55, 3: 0.3}  # face brightness by video trial number
+
+
+@pytest.fixture
+def deap_video_dir(deap_dir):
+  videos = deap_dir / 'face_video'
+  for trial in (1, 2, 3):  # s01: all trials, in shuffled presentation order
+    _write_avi(videos / 's01' / f's01_trial{trial:02d}.avi',
+               lambda t, k=TRIAL_SCALE[trial]: _drawn_face(k), 60)
+  _write_avi(videos / 's02' / 's02_trial01.avi', lambda t: _drawn_face(1.0), 60)
+  _write_avi(videos / 's02' / 's02_trial02.avi', lambda t: _drawn_face(1.0), 35)  # short
+  # s02 trial 3 has no file; s03's camera shows no face; s03 trial 2 is damaged;
+  # s04 has no video (as participants 23-32).
+  rng = np.random.default_rng(0)
+  _write_avi(videos / 's03' / 's03_trial01.avi',
+             lambda t: rng.integers(0, 255, (192, 240, 3), dtype=np.uint8), 60)
+  (videos / 's03' / 's03_trial02.avi').write_bytes(b'RIFF' + b'\0' * 2000)
+  (videos / 's03' / 'take2.avi').write_bytes(b'x')
+  meta = deap_dir / 'metadata_csv'
+  meta.mkdir()
+  rows = ['Participant_id,Trial,Experiment_id,Start_time,Valence,Arousal,Dominance,Liking,'
+          'Familiarity']
+  rows += [f'{p},{t},{e},0,5,5,5,5,1' for p, order in DEAP_ORDER.items()
+           for t, e in order.items()]
+  (meta / 'participant_ratings.csv').write_text('\n'.join(rows) + '\n')
+  return deap_dir
+
+
+def test_deap_face_video_build(deap_video_dir, tmp_path):
+  from data_pipelines import input_pipeline
+  builder = _build('deap/valence_arousal_face_small', deap_video_dir, tmp_path / 'out')
+  sizes = {k: v.num_examples for k, v in builder.info.splits.items()}
+  assert sizes == {'train': 36, 'validation': 18, 'test': 18}  # as the physio-only build
+  ex = {}
+  for split in sizes:
+    ex.update(_examples(builder, split))
+  names = deap.LABEL_NAMES['valence_arousal']
+  assert names[ex['s01_t01_w00']['label']] == 'high_valence_low_arousal'
+  assert names[ex['s02_t03_w05']['label']] == 'low_valence_low_arousal'
+  for e in ex.values():
+    assert e['video'].shape == (4, 32, 32, 3) and e['physio'].shape == (320, 40)
+    n = int(e['video_length'])
+    assert e['mask'].tolist() == [0, float(n > 0), 0, 1]
+    assert not e['video'][n:].any()  # padding and masked video are zero frames
+    if n:
+      assert e['video'][:n].reshape(n, -1).std(axis=1).min() > 10  # real crops
+  lengths = lambda s, t: [int(ex[f's{s:02d}_t{t:02d}_w{w:02d}']['video_length'])
+                          for w in range(6)]
+  for t in (1, 2, 3):
+    assert lengths(1, t) == [4] * 6
+  # The 35 s video covers windows 0-2 and two of window 3's sample times
+  # (31.25 and 33.75 s after the 3 s baseline).
+  assert lengths(2, 1) == [4] * 6 and lengths(2, 2) == [4, 4, 4, 2, 0, 0]
+  assert lengths(2, 3) == [0] * 6  # no file for this trial
+  assert lengths(3, 1) == [0] * 6  # no face detected: masked, not faked
+  assert lengths(3, 2) == lengths(3, 3) == lengths(4, 1) == [0] * 6
+  # Presentation order -> experiment id: s01's brightest video (trial01.avi)
+  # belongs to the arrays' trial 3, trial02.avi to 1, trial03.avi to 2.
+  bright = {t: ex[f's01_t{t:02d}_w00']['video'].mean() for t in (1, 2, 3)}
+  assert bright[3] > bright[1] > bright[2]
+  reasons = _skips(builder)
+  assert any('s03_trial02.avi' in p and 'face video unusable' in r for p, r in reasons)
+  assert any('take2.avi' in p and 'sXX_trialYY' in r for p, r in reasons)
+  # The input pipeline turns the stored lengths into per-frame validity.
+  ds, _ = input_pipeline.eval_dataset(builder, 'train', 12)
+  stored = [int(e['video_length']) for e in tfds.as_numpy(
+      builder.as_dataset(split='train', shuffle_files=False))]
+  got = []
+  for batch in input_pipeline.as_numpy(ds):
+    assert batch['video_valid'].shape == (12, 4) and batch['physio_valid'].shape == (12, 320)
+    assert batch['physio_valid'].all()
+    np.testing.assert_array_equal(batch['video_valid'].sum(1) > 0, batch['mask'][:, 1] > 0)
+    for row in batch['video_valid']:
+      n = int(row.sum())
+      assert row[:n].all() and not row[n:].any()
+      got.append(n)
+  assert got == stored and 0 < sum(stored) < 4 * len(stored)
+
+
+def test_deap_face_video_needs_presentation_order(deap_video_dir, tmp_path):
+  (deap_video_dir / 'metadata_csv' / 'participant_ratings.csv').unlink()
+  builder = tfds.builder('deap/valence_arousal_face_small', data_dir=str(tmp_path / 'out'))
+  with pytest.raises(builder_lib.ManualDirError, match='participant_ratings.csv'):
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(deap_video_dir)))
+
+
+@pytest.mark.parametrize('drop_baseline,onset', [(True, 0.0), (True, 2.0), (False, 3.0),
+                                                 (False, 0.0)])
+def test_deap_window_video_alignment(tmp_path, drop_baseline, onset):
+  """Frame brightness encodes its time in the avi: 10 + 4 * t."""
+  avi = tmp_path / 's01_trial01.avi'
+  _write_avi(avi, lambda t: np.full((96, 120, 3), int(10 + 4 * t), np.uint8), 60)
+  cfg = builder_lib.plain_config(deap.DeapConfig(name='t'))
+  cfg.drop_baseline, cfg.video_onset_s, cfg.face_crop = drop_baseline, onset, False
+  cfg.video_frames, cfg.frame_size = 4, 16
+  starts = deap.window_starts(8064 - (384 if drop_baseline else 0), cfg)
+  assert len(starts) == 6
+  for w, start in enumerate(starts):
+    frames, n = deap.window_video(str(avi), 60.0, start, cfg)
+    times = deap.window_video_times(start, cfg)
+    # After the baseline, sample s is at s / 128 - (3 if the baseline is kept) s.
+    expected_t = onset + start / 128 - (0 if drop_baseline else 3) + (np.arange(4) + 0.5) * 2.5
+    np.testing.assert_allclose(times, expected_t)
+    real = (expected_t >= 0) & (expected_t < 60)
+    assert n == real.sum()
+    np.testing.assert_allclose(frames[:n].reshape(n, -1).mean(1), 10 + 4 * expected_t[real],
+                               atol=3.0)
+    assert not frames[n:].any()
+
+
+# ----------------------------------------------------------------------------
+# True lengths of the shared audio features
+
+
+@pytest.mark.parametrize('seconds,duration_s,num_frames,kind,expected', [
+    (1.0, 2.0, 100, 'mfcc', 50),  # padded wave: frames whose centre is in the 1 s
+    (3.0, 2.0, 100, 'mfcc', 100),  # centre-cropped wave: all real
+    (1.0, None, 100, 'mfcc', 51),  # no wave padding: the 51 frames librosa gives, padded rows
+    (3.0, None, 100, 'mfcc', 100),  # 151 frames centre-cropped to 100
+    (1.0, 2.0, 80, 'mfcc', 40),  # 101 frames cropped from the centre: start 10
+    (0.5, 2.0, None, 'logmel', 25),
+    (0.5, 1.0, None, 'waveform', 8000),
+])
+def test_audio_feature_lengths(seconds, duration_s, num_frames, kind, expected):
+  from data_pipelines.features import audio as audio_features
+  cfg = audio_features.AudioFeatureConfig(sample_rate=16000, duration_s=duration_s,
+                                          hop_length=320, num_frames=num_frames, kind=kind)
+  t = np.arange(int(seconds * 16000)) / 16000
+  wave = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+  feats, n = audio_features.extract_audio_features(wave, 16000, cfg, return_length=True)
+  assert n == expected
+  np.testing.assert_array_equal(feats, audio_features.extract_audio_features(wave, 16000, cfg))
+  if n + 2 < len(feats):  # padding: constant rows (silence or zeros) after the real ones
+    assert np.ptp(feats[n + 2:], axis=0).max() < 1e-3 < np.ptp(feats[:n], axis=0).max()

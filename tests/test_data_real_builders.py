@@ -37,6 +37,24 @@ def _all(builder):
   return list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
 
 
+def _expected_audio_length(path, cfg):
+  """Feature frames whose centre lies in the file's real audio (see features/audio.py)."""
+  from data_pipelines.features import media
+  wave, sr = media.decode_audio(path)
+  n = int(np.ceil(len(wave) * cfg.sample_rate / sr))  # librosa's resampled length
+  return min(-(-n // cfg.hop_length), cfg.num_frames)
+
+
+def _assert_audio_valid(builder, split):
+  """input_pipeline's 'audio_valid' is a prefix of ones as long as 'audio_length'."""
+  from data_pipelines import input_pipeline
+  stored = list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
+  ds, _ = input_pipeline.eval_dataset(builder, split, len(stored))
+  valid = next(input_pipeline.as_numpy(ds))['audio_valid']
+  lengths = np.array([e['audio_length'] for e in stored])
+  np.testing.assert_array_equal(valid, np.arange(valid.shape[1])[None] < lengths[:, None])
+
+
 def _link_tree(src, dst, keep=lambda rel: True):
   """Symlink copy of a folder tree (the shared files are read-only)."""
   for root, _, files in os.walk(src):
@@ -82,6 +100,18 @@ def test_ravdess_speech_audio(shared_data, tmp_path):
     assert e['label'] == fields[1] - 1 and e['speaker'] == fields[5]
     assert e['intensity'] == fields[2] and e['audio'].shape == (180, 13)
     assert np.all(np.isfinite(e['audio']))
+  # True lengths: 3.2-5.0 s wavs in the 3.6 s window (180 frames of 320 samples
+  # at 16 kHz): the shorter ones are padded.
+  cfg = builder.builder_config.audio
+  lengths = {}
+  for e in examples:
+    take = e['id'].decode()
+    wav = manual / f'Audio_Speech_Actors_01-24/Actor_{take[-2:]}/03-{take}.wav'
+    lengths[take] = int(e['audio_length'])
+    assert lengths[take] == _expected_audio_length(wav, cfg), take
+  assert min(lengths.values()) < 170 and max(lengths.values()) == 180
+  assert sum(v < 180 for v in lengths.values()) > 20
+  _assert_audio_valid(builder, 'validation')
   # Per actor: neutral has 4 takes (no strong intensity), the 7 others 8.
   labels = collections.Counter(int(e['label']) for e in examples if e['speaker'] == 1)
   assert labels == {0: 4, **{c: 8 for c in range(1, 8)}}
@@ -108,6 +138,8 @@ def test_ravdess_speech_av_with_damaged_files(shared_data, tmp_path):
   e = examples[0]
   assert e['label'] == 0 and e['speaker'] == 1
   assert e['video'].shape == (4, 48, 48, 3) and e['audio'].shape == (180, 13)
+  # The mp4's own 3.3 s track is shorter than the 3.6 s window.
+  assert e['audio_length'] == _expected_audio_length(mp4, builder.builder_config.audio) < 180
   skipped = {os.path.basename(s['path']): s['reason']
              for entries in builder_lib.read_skip_report(builder.data_dir)['skipped'].values()
              for s in entries}
@@ -171,6 +203,9 @@ def test_crema_d_av_and_audio(shared_data, tmp_path):
     cid = e['id'].decode()
     assert crema_d.EMOTION_CODES[e['label']] == cid.split('_')[2]
     assert e['speaker'] == 1001 and e['video'].shape == (4, 48, 48, 3)
+    # 1.9-2.3 s tracks in the 2.5 s window: always padded.
+    assert e['audio_length'] == _expected_audio_length(
+        manual / f'VideoFlash/{cid}.flv', av.builder_config.audio) < 125
     np.testing.assert_allclose(e['soft_label'], votes[cid] / votes[cid].sum(), atol=1e-6)
   skipped = {os.path.basename(s['path']): s['reason']
              for entries in builder_lib.read_skip_report(av.data_dir)['skipped'].values()
@@ -333,6 +368,9 @@ def test_ravdess_ferplus_pairing(shared_data, tmp_path):
       assert rf.CLASSES[rf.RAVDESS_TO_CLASS[int(take.split('-')[1]) - 1]] == name
       assert same[fer_label[face_id]] == name
       assert e['video'].shape == (1, 48, 48, 3) and e['audio'].shape == (180, 13)
+      wav = (shared_data / 'ravdess' /
+             f'Audio_Speech_Actors_01-24/Actor_{take[-2:]}/03-{take}.wav')
+      assert e['audio_length'] == _expected_audio_length(wav, builder.builder_config.audio)
       faces_by_split.setdefault(split, set()).add(face_id)
   # 52 non-calm takes per actor; a class may run out of faces in a tiny
   # split (reported), so slightly fewer may be paired.

@@ -10,8 +10,9 @@ Used sequences (file names as the SDK downloads them, configurable):
   video   `CMU_MOSEI_VisualFacet42.csd` (FACET 4.2, 35-d) or OpenFace_2
   text    `CMU_MOSEI_TimestampedWordVectors.csd` (glove_vectors, 300-d)
 One example per labelled segment: each modality's rows whose intervals
-overlap the segment, cropped/zero-padded to a fixed length. Non-finite
-values (COVAREP writes -inf for unvoiced frames) become 0.
+overlap the segment, cropped/zero-padded to a fixed length; the real rows
+are stored as '<modality>_length'. Non-finite values (COVAREP writes -inf
+for unvoiced frames) become 0.
 
 Emotion class, as the papers that classify MOSEI emotions use it: the
 argmax of the six intensities. A segment whose intensities are all zero
@@ -163,8 +164,10 @@ def standard_folds(manual_dir: str, video_ids) -> dict:
 class CmuMosei(tfds.core.GeneratorBasedBuilder):
   """CMU-MOSEI segments: COVAREP, FACET/OpenFace and GloVe sequences, 6 emotions."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.1.0': "True lengths before padding: 'audio_length', 'video_length', "
+                            "'text_length'."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DIR_INSTRUCTIONS
   BUILDER_CONFIGS = [
       CmuMoseiConfig(name='emotions', description='6 emotions (argmax intensity; zero and tied '
@@ -179,12 +182,14 @@ class CmuMosei(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     c = self.builder_config
     names = EMOTIONS + (('neutral',) if c.zero_policy == 'neutral' else ())
+    length = lambda: tfds.features.Scalar(dtype=np.int64, doc='real rows before padding')
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
             'id': tfds.features.Text(),
             'audio': tfds.features.Tensor(shape=(c.audio_len, c.audio_dim), dtype=np.float32),
             'video': tfds.features.Tensor(shape=(c.video_len, c.video_dim), dtype=np.float32),
             'text': tfds.features.Tensor(shape=(c.text_len, c.text_dim), dtype=np.float32),
+            'audio_length': length(), 'video_length': length(), 'text_length': length(),
             'label': tfds.features.ClassLabel(names=names),
             'soft_label': tfds.features.Tensor(shape=(len(names),), dtype=np.float32),
             'sentiment': np.float32,
@@ -254,6 +259,8 @@ class CmuMosei(tfds.core.GeneratorBasedBuilder):
           soft[-1] = 1.0
         uid = f'{vid}[{k}]'
         yield uid, {'id': uid, 'audio': a, 'video': v, 'text': t, 'label': cls,
+                    'audio_length': min(na, c.audio_len), 'video_length': min(nv, c.video_len),
+                    'text_length': min(nt, c.text_len),
                     'soft_label': soft, 'sentiment': float(row[0]),
                     'speaker': _hash_unit(vid) % (2**31)}
     logging.info('cmu_mosei/%s %s: segments dropped: %s', c.name, split, dropped)

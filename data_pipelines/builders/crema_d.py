@@ -152,8 +152,9 @@ class CremaD(tfds.core.GeneratorBasedBuilder):
 
   FOLD_GROUP_KEY = 'speaker'
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.1.0': "'audio_length': the real audio frames before padding."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DIR_INSTRUCTIONS
   BUILDER_CONFIGS = [
       CremaDConfig(name='av', description='Audio (MFCC-13+deltas x 300, 16 kHz, 3 s) and 15 '
@@ -177,6 +178,7 @@ class CremaD(tfds.core.GeneratorBasedBuilder):
         'id': tfds.features.Text(),
         'audio': tfds.features.Tensor(
             shape=(cfg.audio.num_frames, cfg.audio.feature_dim), dtype=np.float32),
+        'audio_length': tfds.features.Scalar(dtype=np.int64, doc='real audio frames before padding'),
         'label': tfds.features.ClassLabel(names=EMOTIONS),
         'speaker': np.int64,
         'sentence': tfds.features.Text(),
@@ -263,9 +265,11 @@ def collect_items(manual_dir: str, cfg: CremaDConfig, votes: Optional[dict]):
 def process_item(item, cfg: CremaDConfig):
   """One clip -> (key, example); runs in a worker process."""
   from data_pipelines.features import clip
-  feats = clip.preprocess_av(video_path=item['video_path'], audio_path=item['audio_path'],
-                             audio_cfg=cfg.audio, video_cfg=cfg.video if cfg.with_video else None)
+  feats, info = clip.preprocess_av(
+      video_path=item['video_path'], audio_path=item['audio_path'], audio_cfg=cfg.audio,
+      video_cfg=cfg.video if cfg.with_video else None, return_info=True)
   example = {'id': item['id'], 'audio': feats['audio'], 'label': item['label'],
+             'audio_length': info['audio_length'],
              'speaker': item['actor'], 'sentence': item['sentence'], 'level': item['level']}
   if cfg.soft_labels:
     example['soft_label'] = np.asarray(item['soft_label'], np.float32)

@@ -32,6 +32,11 @@ embedding, `text_dim` wide, `max_words` long); the raw transcript is kept in
 'mask' marks the modalities present per example (audio, video, text,
 physio): an utterance whose span shows no detectable face keeps its audio
 and text with zero frames and video 0 in 'mask' (`missing_face='mask'`).
+An utterance without transcript words has text 0 in 'mask'.
+True lengths: 'audio_length' (real MFCC frames of an utterance shorter than
+the window), 'text_length' (words before the zero padding) and
+'video_length' (all frames, 0 for masked video: frames are resampled, never
+padded; see features/clip.py).
 
 Splits: sessions 1-3 train, 4 validation, 5 test (papers that train on 1-4
 read 'train+validation'); leave-one-session-out via `config.dataset.fold`
@@ -140,9 +145,13 @@ def read_transcripts(path) -> dict:
   return out
 
 
+def words_of(text: str) -> list:
+  return re.findall(r"[a-z0-9']+", text.lower())
+
+
 def hashed_word_vectors(text: str, dim: int, max_words: int) -> np.ndarray:
   """f32[max_words, dim]: one fixed pseudo-random unit vector per word (zero padded)."""
-  words = re.findall(r"[a-z0-9']+", text.lower())[:max_words]
+  words = words_of(text)[:max_words]
   out = np.zeros((max_words, dim), np.float32)
   for i, w in enumerate(words):
     seed = int.from_bytes(hashlib.md5(w.encode()).digest()[:8], 'little')
@@ -185,8 +194,10 @@ class IemocapConfig(tfds.core.BuilderConfig):
 class Iemocap(tfds.core.GeneratorBasedBuilder):
   """IEMOCAP utterances: audio, the speaker's face, transcript words."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.1.0': "True lengths before padding: 'audio_length', 'text_length', "
+                            "'video_length'."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DIR_INSTRUCTIONS
   FOLD_GROUP_KEY = 'session'
   BUILDER_CONFIGS = [
@@ -218,10 +229,12 @@ class Iemocap(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
     names, _ = LABEL_MAPS[cfg.label_map]
+    length = lambda what: tfds.features.Scalar(dtype=np.int64, doc=f'real {what} before padding')
     feats = {
         'id': tfds.features.Text(),
         'audio': tfds.features.Tensor(
             shape=(cfg.audio.num_frames, cfg.audio.feature_dim), dtype=np.float32),
+        'audio_length': length('audio frames'),
         'label': tfds.features.ClassLabel(names=names),
         'speaker': np.int64,
         'session': np.int64,
@@ -231,10 +244,12 @@ class Iemocap(tfds.core.GeneratorBasedBuilder):
     if cfg.with_text:
       feats['text'] = tfds.features.Tensor(shape=(cfg.max_words, cfg.text_dim),
                                            dtype=np.float32)
+      feats['text_length'] = length('words')
     if cfg.with_video:
       v = cfg.video
       feats['video'] = tfds.features.Tensor(shape=(v.num_frames, v.size, v.size, 3),
                                             dtype=np.uint8)
+      feats['video_length'] = length('frames')
     # Per-example modality presence in batch_contract.MODALITIES order.
     feats['mask'] = tfds.features.Tensor(shape=(4,), dtype=np.float32)
     return self.dataset_info_from_configs(
@@ -326,23 +341,29 @@ def collect_items(manual_dir: str, cfg: IemocapConfig):
 def process_item(item, cfg):
   """One utterance -> (key, example); runs in a worker process."""
   from data_pipelines.features import clip
-  audio = clip.preprocess_av(audio_path=item['audio_path'], audio_cfg=cfg.audio)['audio']
-  example = {'id': item['id'], 'audio': audio, 'label': item['label'],
+  feats, info = clip.preprocess_av(audio_path=item['audio_path'], audio_cfg=cfg.audio,
+                                   return_info=True)
+  example = {'id': item['id'], 'audio': feats['audio'], 'audio_length': info['audio_length'],
+             'label': item['label'],
              'speaker': item['speaker'], 'session': item['session'],
              'vad': np.asarray(item['vad'], np.float32), 'transcript': item['transcript']}
   if cfg.with_text:
     example['text'] = hashed_word_vectors(item['transcript'], cfg.text_dim, cfg.max_words)
-  mask = [1.0, 0.0, 1.0 if cfg.with_text else 0.0, 0.0]  # audio, video, text, physio
+    example['text_length'] = min(len(words_of(item['transcript'])), cfg.max_words)
+  # audio, video, text, physio; an utterance without transcript words has no text.
+  mask = [1.0, 0.0, 1.0 if cfg.with_text and example['text_length'] else 0.0, 0.0]
   if cfg.with_video:
     try:
       example['video'] = clip.preprocess_av(
           video_path=item['video_path'], video_cfg=cfg.video, start_s=item['start'],
           end_s=item['end'], region=item['side'])['video']
+      example['video_length'] = cfg.video.num_frames
       mask[1] = 1.0
     except clip.NoFaceError:
       if cfg.missing_face != 'mask':
         raise
       v = cfg.video
       example['video'] = np.zeros((v.num_frames, v.size, v.size, 3), np.uint8)
+      example['video_length'] = 0
   example['mask'] = np.asarray(mask, np.float32)
   return item['id'], example

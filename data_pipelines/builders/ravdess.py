@@ -167,8 +167,9 @@ class Ravdess(tfds.core.GeneratorBasedBuilder):
 
   FOLD_GROUP_KEY = 'speaker'
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.1.0': "'audio_length': the real audio frames before padding."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DIR_INSTRUCTIONS
   BUILDER_CONFIGS = [
       RavdessConfig(name='speech_av', description='Speech takes with video: 15 face crops '
@@ -196,6 +197,7 @@ class Ravdess(tfds.core.GeneratorBasedBuilder):
         'id': tfds.features.Text(),
         'audio': tfds.features.Tensor(
             shape=(cfg.audio.num_frames, cfg.audio.feature_dim), dtype=np.float32),
+        'audio_length': tfds.features.Scalar(dtype=np.int64, doc='real audio frames before padding'),
         'label': tfds.features.ClassLabel(names=EMOTIONS),
         'speaker': np.int64,
         'intensity': np.int64,
@@ -291,11 +293,12 @@ def _item(name: RavdessName, take: str, video_path, audio_path):
 def process_item(item, cfg: RavdessConfig):
   """One take -> (key, example); runs in a worker process."""
   from data_pipelines.features import clip
-  feats = clip.preprocess_av(
+  feats, info = clip.preprocess_av(
       video_path=item['video_path'] if cfg.with_video else None,
       audio_path=item['audio_path'], audio_cfg=cfg.audio,
-      video_cfg=cfg.video if cfg.with_video else None)
+      video_cfg=cfg.video if cfg.with_video else None, return_info=True)
   example = {'id': item['id'], 'audio': feats['audio'], 'label': item['label'],
+             'audio_length': info['audio_length'],
              'speaker': item['actor'], 'intensity': item['intensity'],
              'statement': item['statement'], 'repetition': item['repetition']}
   if cfg.with_video:

@@ -113,8 +113,9 @@ def face_pools(ferplus_dir: str, fractions: dict, seed: int, report) -> dict:
 class RavdessFerplus(tfds.core.GeneratorBasedBuilder):
   """Pairing: RAVDESS speech audio with same-emotion FER+ faces (7 shared classes)."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.1.0': "'audio_length': the real audio frames before padding."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DIR_INSTRUCTIONS
   FOLD_GROUP_KEY = 'speaker'
   BUILDER_CONFIGS = [
@@ -134,6 +135,7 @@ class RavdessFerplus(tfds.core.GeneratorBasedBuilder):
             'id': tfds.features.Text(),
             'audio': tfds.features.Tensor(shape=(c.audio.num_frames, c.audio.feature_dim),
                                           dtype=np.float32),
+            'audio_length': tfds.features.Scalar(dtype=np.int64, doc='real audio frames before padding'),
             'video': tfds.features.Tensor(shape=(1, c.face_size, c.face_size, 3),
                                           dtype=np.uint8),
             'label': tfds.features.ClassLabel(names=CLASSES),
@@ -177,7 +179,8 @@ class RavdessFerplus(tfds.core.GeneratorBasedBuilder):
       for j in _draw(key, c.seed, len(pool), c.faces_per_utterance):
         fer_id, grey = pool[j]
         uid = f'{key}+{fer_id}'
-        yield uid, {'id': uid, 'audio': ex['audio'], 'label': cls,
+        yield uid, {'id': uid, 'audio': ex['audio'], 'audio_length': ex['audio_length'],
+                    'label': cls,
                     'video': ferplus.to_face_clip(grey, c.face_size),
                     'speaker': ex['speaker'], 'face_id': fer_id}
     report.write(self.data_dir)

@@ -96,14 +96,27 @@ def crop_or_pad(x: np.ndarray, length: int, axis: int = 0) -> np.ndarray:
   return np.pad(x, pad)
 
 
+def kept_after_crop_or_pad(num_real: int, num: int, length: int) -> int:
+  """Real entries left when `crop_or_pad` maps `num` entries, of which the first
+  `num_real` are real, to `length` (the real ones stay a prefix)."""
+  start = (num - length) // 2 if num > length else 0
+  return int(min(max(num_real - start, 0), length))
+
+
 def is_silent(wave: np.ndarray, threshold: float = 1e-4) -> bool:
   """True when the waveform carries no usable signal (RMS below threshold)."""
   return wave.size == 0 or float(np.sqrt(np.mean(np.square(wave)))) < threshold
 
 
-def extract_audio_features(wave: np.ndarray, sr: int,
-                           cfg: AudioFeatureConfig) -> np.ndarray:
-  """Raw waveform (any rate, mono or multi-channel) -> f32[T, F]."""
+def extract_audio_features(wave: np.ndarray, sr: int, cfg: AudioFeatureConfig, *,
+                           return_length: bool = False):
+  """Raw waveform (any rate, mono or multi-channel) -> f32[T, F].
+
+  With `return_length`, returns (features, length): the number of leading
+  frames that carry real audio, the rest being padding (zeros padded onto a
+  short wave by `duration_s`, or feature rows padded by `num_frames`). A
+  frame is real when its centre lies in the real samples.
+  """
   import librosa
   wave = resample(to_mono(wave), sr, cfg.sample_rate)
   if cfg.trim_silence_db is not None:
@@ -111,8 +124,12 @@ def extract_audio_features(wave: np.ndarray, sr: int,
   wave = pre_emphasize(wave, cfg.pre_emphasis)
   if cfg.normalize:
     wave = normalize_amplitude(wave)
+  num_real = len(wave)
   if cfg.duration_s is not None:
-    wave = crop_or_pad(wave, int(round(cfg.duration_s * cfg.sample_rate)))
+    target = int(round(cfg.duration_s * cfg.sample_rate))
+    num_real = kept_after_crop_or_pad(num_real, len(wave), target)
+    wave = crop_or_pad(wave, target)
+  padded = num_real < len(wave)
   if cfg.kind == 'waveform':
     feats = wave[:, None]
   else:
@@ -138,6 +155,13 @@ def extract_audio_features(wave: np.ndarray, sr: int,
       else:
         parts.extend([np.zeros_like(base)] * cfg.deltas)
     feats = np.concatenate(parts, axis=0).T  # [T, F]
+  # librosa centres frame i on sample i * hop.
+  if cfg.kind == 'waveform':
+    length = num_real
+  else:
+    length = min(-(-num_real // cfg.hop_length), len(feats)) if padded else len(feats)
   if cfg.num_frames is not None:
+    length = kept_after_crop_or_pad(length, len(feats), cfg.num_frames)
     feats = crop_or_pad(feats, cfg.num_frames, axis=0)
-  return np.ascontiguousarray(feats, dtype=np.float32)
+  feats = np.ascontiguousarray(feats, dtype=np.float32)
+  return (feats, length) if return_length else feats

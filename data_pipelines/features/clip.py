@@ -8,6 +8,14 @@ preprocessing it was trained on:
          trim, pre-emphasis, normalise, crop/pad -> MFCC/log-mel  (features/audio.py)
   video: decode -> N frames sampled uniformly -> steady face crop (features/face.py)
          or plain resize -> u8[N, S, S, 3]                        (features/video.py)
+
+True lengths (`return_info`): 'audio_length' counts the leading feature frames
+that carry real audio; the rest is padding of a short clip. Video is never
+padded here: a clip with fewer than N frames repeats frames at the N uniform
+sample times, and a frame in which the detector misses the face is cropped
+with the clip's steady box (the face rarely leaves a frontal shot; the
+detector misses blurred or turned faces), so all N frames are real. Only a
+clip without any detected face fails (NoFaceError), for the builder to mask.
 """
 
 from __future__ import annotations
@@ -31,12 +39,14 @@ class NoFaceError(media.MediaError):
 
 
 def preprocess_audio(wave: np.ndarray, sr: int, cfg: audio_features.AudioFeatureConfig,
-                     path: str = '<array>', silence_rms: float = 1e-4) -> np.ndarray:
-  """Decoded wave -> f32[T, F]; raises SilentAudioError on a silent wave."""
+                     path: str = '<array>', silence_rms: float = 1e-4, *,
+                     return_length: bool = False):
+  """Decoded wave -> f32[T, F] (and its true length with `return_length`);
+  raises SilentAudioError on a silent wave."""
   mono = audio_features.to_mono(wave)
   if audio_features.is_silent(mono, silence_rms):
     raise SilentAudioError(path, f'audio is silent (RMS < {silence_rms:g})')
-  return audio_features.extract_audio_features(mono, sr, cfg)
+  return audio_features.extract_audio_features(mono, sr, cfg, return_length=return_length)
 
 
 def preprocess_frames(frames: np.ndarray, cfg: video_features.VideoFeatureConfig,
@@ -75,7 +85,7 @@ def preprocess_av(video_path=None, audio_path=None,
   region: None, 'left' or 'right' half of the frame to look for the face in.
 
   Returns {'audio': f32[T, F]} and/or {'video': u8[T, S, S, 3]} (plus an info
-  dict with durations and fps when `return_info`). Raises media.MediaError
+  dict with durations, fps and 'audio_length' when `return_info`). Raises media.MediaError
   subclasses naming the file: CorruptMediaError, MissingStreamError,
   SilentAudioError, NoFaceError.
   """
@@ -90,7 +100,8 @@ def preprocess_av(video_path=None, audio_path=None,
     info['audio_duration_s'] = wave.shape[0] / float(sr)
     info['audio_sample_rate'] = sr
     info['audio_channels'] = 1 if wave.ndim == 1 else wave.shape[1]
-    out['audio'] = preprocess_audio(wave, sr, audio_cfg, str(src))
+    out['audio'], info['audio_length'] = preprocess_audio(wave, sr, audio_cfg, str(src),
+                                                          return_length=True)
   if video_cfg is not None:
     if video_path is None:
       raise ValueError('video_cfg given but no video_path')
