@@ -6,7 +6,7 @@ DATA_DIR ?= $(HOME)/tensorflow_datasets
 WORKDIR ?= workdirs/avt_ca_synthetic
 STAMP := $(VENV)/.installed
 
-.PHONY: train test bench clean-venv
+.PHONY: train test test-all check-presets bench clean-venv
 
 $(STAMP): requirements.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,19 @@ train: $(STAMP)
 	$(PY) -m mer_jax.main --config=configs/avt_ca.py:synthetic --workdir=$(WORKDIR) \
 	  --config.dataset.data_dir=$(DATA_DIR)
 
+# The default tier: unit tests and the training loop's policy in-process (< 10 min on 2 cores).
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" --durations=15
+
+# Every test, with the end-to-end subprocess runs (kill and resume, 1 vs 8 devices,
+# two processes, the experiment runner).
+test-all: $(STAMP)
 	$(PY) -m pytest -q --durations=15
+
+# Every preset and variant of the five configs: one train and one eval step on its
+# dataset's real format (../shared/data or official-layout fixtures).
+check-presets: $(STAMP)
+	$(PY) -m experiments.check_presets
 
 # AVT-CA training throughput at the paper's input shapes, both convolution paths.
 bench: $(STAMP)

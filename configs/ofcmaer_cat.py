@@ -85,7 +85,8 @@ def _cmu_mosei(c):
 
 
 def _deap(c):
-  _paper_training(c, 'deap/valence_arousal', 4, 94.6)  # high/low valence x arousal
+  # high/low valence x arousal; face video beside the physiological windows
+  _paper_training(c, 'deap/valence_arousal_face', 4, 94.6)
   c.model.modalities = ('video', 'physio')
   c.protocol.folds = 4  # subject-independent folds
 

@@ -143,12 +143,51 @@ def write_deap_subject(path, ratings, seed: int):
     pickle.dump({'data': data, 'labels': np.asarray(ratings, np.float32)}, f, protocol=2)
 
 
-def write_deap(root, subjects=(1, 2, 3, 4)) -> pathlib.Path:
+def drawn_face(scale: float = 1.0, h: int = 192, w: int = 240):
+  """A cartoon face the Haar cascade finds, its brightness scaled by `scale`."""
+  import cv2
+  img = np.full((h, w, 3), 90, np.uint8)
+  cv2.ellipse(img, (w // 2, h // 2), (50, 65), 0, 0, 360, (200, 170, 150), -1)
+  for dx in (-20, 20):
+    cv2.circle(img, (w // 2 + dx, h // 2 - 15), 7, (40, 30, 30), -1)
+  cv2.ellipse(img, (w // 2, h // 2 + 30), (20, 8), 0, 0, 180, (60, 40, 40), 3)
+  return (img * scale).astype(np.uint8)
+
+
+def write_avi(path, frame_fn, seconds: float, fps: int = 5):
+  """An MJPG avi whose frame at time t is frame_fn(t)."""
+  import cv2
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  first = frame_fn(0.0)
+  out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), fps,
+                        (first.shape[1], first.shape[0]))
+  if not out.isOpened():
+    raise OSError(f'OpenCV cannot write {path}')
+  for i in range(int(seconds * fps)):
+    out.write(frame_fn(i / fps))
+  out.release()
+
+
+def write_deap(root, subjects=(1, 2, 3, 4), video_subjects=(1, 2)) -> pathlib.Path:
+  """data_preprocessed_python/sXX.dat (3 trials each), face_video/sXX/sXX_trialYY.avi
+  for `video_subjects` (in presentation order = experiment order) and
+  metadata_csv/participant_ratings.csv."""
   root = pathlib.Path(root)
   pre = root / 'data_preprocessed_python'
   pre.mkdir(parents=True, exist_ok=True)
   for s in subjects:
     write_deap_subject(pre / f's{s:02d}.dat', [[7, 3, 5, 5], [5, 8, 5, 5], [2.0, 2.0, 1, 1]], s)
+  for s in video_subjects:
+    for trial in (1, 2, 3):
+      write_avi(root / 'face_video' / f's{s:02d}' / f's{s:02d}_trial{trial:02d}.avi',
+                lambda t: drawn_face(1.0), 60)
+  meta = root / 'metadata_csv'
+  meta.mkdir(exist_ok=True)
+  rows = ['Participant_id,Trial,Experiment_id,Start_time,Valence,Arousal,Dominance,Liking,'
+          'Familiarity']
+  rows += [f'{s},{t},{t},0,5,5,5,5,1' for s in subjects for t in (1, 2, 3)]
+  (meta / 'participant_ratings.csv').write_text('\n'.join(rows) + '\n')
   return root
 
 

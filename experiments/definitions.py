@@ -96,7 +96,8 @@ def load_config(ref: str):
 
 def protocol_of(ref: str) -> Protocol:
   p = load_config(ref).protocol
-  return Protocol(folds=int(p.folds), seeds=tuple(p.seeds), group_key=p.group_key,
+  return Protocol(folds=int(p.folds), fold_indices=tuple(p.fold_indices),
+                  seeds=tuple(p.seeds), group_key=p.group_key,
                   val_groups=int(p.val_groups), val_key=p.val_key)
 
 

@@ -131,8 +131,10 @@ def base_config() -> ml_collections.ConfigDict:
   })
 
   # --- Protocol of the preset's table (experiments/run.py) --------------------
-  c.protocol = ml_collections.ConfigDict({'folds': 0, 'seeds': (0,), 'val_groups': -1,
-                                          'group_key': '', 'val_key': ''})
+  # folds: k of a k-fold protocol (0: the builder's splits); fold_indices: the folds a
+  # table runs (() all); seeds: the seeds of every fold.
+  c.protocol = ml_collections.ConfigDict({'folds': 0, 'fold_indices': (), 'seeds': (0,),
+                                          'val_groups': -1, 'group_key': '', 'val_key': ''})
   # What the paper reports for this preset, where a preset targets a number.
   c.reference = ml_collections.ConfigDict({'metric': '', 'value': 0.0, 'where': ''})
   return c
@@ -262,7 +264,8 @@ def use_iemocap_session5(c) -> None:
   """IEMOCAP's protocol: sessions 1-4 train, session 5 test; validation is two
   speakers carved from the training sessions (never session 5). `fold=k` runs
   leave-one-session-out fold k the same way."""
-  c.protocol.update(folds=5, group_key='session', val_key='speaker', val_groups=2)
+  c.protocol.update(folds=5, fold_indices=(4,), group_key='session', val_key='speaker',
+                    val_groups=2)
   c.dataset.fold.update(num_folds=5, index=4, group_key='session', val_key='speaker',
                         val_groups=2)
 

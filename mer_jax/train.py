@@ -157,4 +157,4 @@ def train_and_evaluate(config, workdir: str, data: input_pipeline.Data | None = 
 
 
 def _scalars(m: dict) -> dict:
-  return {k: v for k, v in m.items() if np.ndim(v) == 0}
+  return {k: v for k, v in m.items() if isinstance(v, (int, float, np.number))}

@@ -31,7 +31,8 @@ class MetricWriter:
   def write(self, step: int, scalars: dict, kind: str = 'train'):
     if not self.enabled:
       return
-    clean = {k: float(v) for k, v in scalars.items() if np.ndim(v) == 0}
+    clean = {k: float(v) for k, v in scalars.items()
+             if isinstance(v, (int, float, np.number)) or getattr(v, 'ndim', None) == 0}
     self._jsonl.write(json.dumps({'kind': kind, 'step': int(step), 'time': time.time(), **clean}) + '\n')
     self._jsonl.flush()
     if self._tb is not None:

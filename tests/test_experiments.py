@@ -80,6 +80,7 @@ def _checkpointed(variant_dir):
                  if os.path.basename(p).isdigit()})
 
 
+@pytest.mark.slow
 def test_runner_two_folds_two_seeds_resumes_after_kill(tiny_data_dir, tmp_path):
   root = str(tmp_path / 'runs')
   args = [f'--config={wh.TINY}', '--name=cv', f'--root={root}', '--folds=2', '--val_groups=2',
@@ -139,6 +140,12 @@ def test_runner_two_folds_two_seeds_resumes_after_kill(tiny_data_dir, tmp_path):
            for i in (0, 1)]
   assert not set(plans[0]['test']) & set(plans[1]['test'])
   assert results['fold0_seed0']['test']['num_examples'] == plans[0]['counts']['test']
+  # Tables read fold and seed from each run's provenance, not from directory names.
+  with open(os.path.join(exp_dir, 'runs.csv')) as f:
+    runs = {r['run']: r for r in csv.DictReader(f)}
+  assert runs['fold1_seed0']['fold'] == '1' and runs['fold1_seed0']['seed'] == '0'
+  assert runs['fold1_seed0']['data_fingerprint'] and runs['fold1_seed0']['commit']
+  assert 'Data: synthetic_av/small' in md
 
 
 def test_definitions_and_tables(tmp_path):
@@ -147,7 +154,11 @@ def test_definitions_and_tables(tmp_path):
   # every definition names a protocol with runs, and the AVT-CA ablation resolves in 'tiny'
   for e in defs.EXPERIMENTS.values():
     assert e.variants and e.protocol.runs()
+    assert defs.check(e) == [], e.name  # every row names a preset and variants that exist
   assert defs.check(defs.EXPERIMENTS['avt_ca_ablation'], 'tiny') == []
+  # protocols come from the presets: IEMOCAP session 5 with speaker-carved validation
+  p = defs.EXPERIMENTS['attsf_net_iemocap'].protocol
+  assert (p.folds, p.val_key) == (5, 'speaker')
   # robustness table and plot from per-run sweeps
   for variant in ('A', 'B'):
     for seed in (0, 1):
