@@ -40,19 +40,36 @@ from mer_jax.models import encoders, layers
 Array = jax.Array
 
 
+def _all_valid(valid: Array, window: int, stride: int) -> Array:
+  """A VALID window over time is valid when all its steps are."""
+  return -nn.max_pool(-valid[..., None], (window,), (stride,), padding='VALID')[..., 0]
+
+
 class Conv2DAudioEncoder(nn.Module):
-  """MFCC [B, T, F] -> blocks of (Conv kxk valid -> BN -> ReLU -> max-pool (2, 1)) -> [B, T', F' * C]."""
+  """MFCC [B, T, F] -> blocks of (Conv kxk valid -> BN -> ReLU -> max-pool (2, 1)) -> [B, T', F' * C].
+
+  `valid` [B, T] (1 = real frame) follows the time axis: a step of a VALID
+  convolution or of the (2, 1) pool is valid when all its inputs are, which for
+  n real frames is exactly the steps an unpadded input yields; inputs are zeroed
+  first so a SAME convolution sees zeros past the end, as without padding.
+  Padded steps stay out of BatchNorm's batch statistics. Returns (x, valid).
+  """
   channels: Sequence[int] = (64, 128, 256, 128)
   kernel_size: int = 3
   padding: str = 'VALID'
 
   @nn.compact
-  def __call__(self, x: Array, train: bool) -> Array:
+  def __call__(self, x: Array, train: bool, valid: Array):
     x = x[..., None]
+    k = self.kernel_size
     for c in self.channels:
-      x = layers.ConvBNAct(c, (self.kernel_size, self.kernel_size), padding=self.padding)(x, train)
+      x = x * valid[:, :, None, None]
+      if self.padding == 'VALID':
+        valid = _all_valid(valid, k, 1)
+      x = layers.ConvBNAct(c, (k, k), padding=self.padding)(x, train, mask=valid[:, :, None, None])
       x = nn.max_pool(x, (2, 1), (2, 1))
-    return x.reshape(x.shape[0], x.shape[1], -1)
+      valid = _all_valid(valid, 2, 2)
+    return x.reshape(x.shape[0], x.shape[1], -1), valid
 
 
 class CrossModalBlock(nn.Module):
@@ -71,6 +88,28 @@ class CrossModalBlock(nn.Module):
         self.num_heads, dropout_rate=self.dropout_rate, name='self')(x, x, train)))
     x = nn.LayerNorm()(x + drop(layers.FeedForward(self.d_ff, self.dropout_rate, nn.relu)(x, train)))
     return x, w
+
+
+class SimilarityEnhancementBlock(nn.Module):
+  """Table VIII's replacement of the CMB: AttA-NET's [27] attention block.
+
+  Pre-LN cross-attention of x_q over x_kv with no residual to the query, then a
+  residual FFN (GELU) on LN; one block serves both directions (shared weights).
+  """
+  num_heads: int
+  d_ff: int
+  dropout_rate: float
+
+  @nn.compact
+  def __call__(self, x_q, x_kv, train):
+    drop = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+    att, w = layers.MultiHeadAttention(self.num_heads, dropout_rate=self.dropout_rate,
+                                       name='cross')(nn.LayerNorm(name='ln_q')(x_q),
+                                                     nn.LayerNorm(name='ln_kv')(x_kv), train,
+                                                     return_weights=True)
+    x = drop(att)
+    f = layers.FeedForward(self.d_ff, self.dropout_rate, nn.gelu)(nn.LayerNorm(name='ln_ffn')(x), train)
+    return x + drop(f), w
 
 
 class SimilarityAdjustmentBlock(nn.Module):
@@ -116,6 +155,12 @@ class ATTSFNet(nn.Module):
   # and join only at the concatenation before the classifier.
   use_text: bool = False
   impl: str = 'auto'
+  # Fig. 1's positional embedding (learned, one [seq_len, d] table per modality).
+  use_positional_embedding: bool = True
+  # Table VIII module replacements: 'cmb' | 'seb' (CMB -> similarity-aware
+  # enhancement block of [27]); 'avam' | 'pool' (AVAM -> temporal pooling of [27]).
+  fusion_block: str = 'cmb'
+  aux_encoder: str = 'avam'
 
   def _fuse(self, main, aux, name):
     if self.fusion == 'sum':
@@ -137,15 +182,23 @@ class ATTSFNet(nn.Module):
     m_a, m_v = bc.modality_mask(batch, 'audio'), bc.modality_mask(batch, 'video')
     drop = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=not train)
 
+    if self.fusion_block not in ('cmb', 'seb'):
+      raise ValueError(f"fusion_block must be 'cmb' or 'seb', got {self.fusion_block!r}")
+    if self.aux_encoder not in ('avam', 'pool'):
+      raise ValueError(f"aux_encoder must be 'avam' or 'pool', got {self.aux_encoder!r}")
+
     # Audio: 2-D CNN, then LSTM (or Linear) to d, then the common length L.
-    a = Conv2DAudioEncoder(self.audio_channels, name='audio_cnn')(batch['audio'], train)
+    # The forward LSTM's outputs at real steps never see the padding after them.
+    a, a_valid = Conv2DAudioEncoder(self.audio_channels, name='audio_cnn')(
+        batch['audio'], train, bc.time_valid(batch, 'audio'))
     if self.audio_align == 'lstm':
       a = nn.RNN(nn.OptimizedLSTMCell(d), name='audio_lstm')(a)
     elif self.audio_align == 'linear':
       a = nn.Dense(d, name='audio_linear')(a)
     else:
       raise ValueError(f"audio_align must be 'lstm' or 'linear', got {self.audio_align!r}")
-    a = layers.resize_time(a, self.seq_len) * m_a[:, None, None]
+    # Only the real steps are interpolated to L: everything after is padding-free.
+    a = layers.resize_time_valid(a, a_valid, self.seq_len) * m_a[:, None, None]
 
     # Video: per-frame encoder, then Conv1D to d, then the common length L.
     video = batch['video']
@@ -156,16 +209,34 @@ class ATTSFNet(nn.Module):
       v = encoders.encode_frames(frame_enc, video, train)
     else:
       v = video.astype(jnp.float32)
-    v = nn.relu(nn.Conv(d, (self.video_kernel,), padding='SAME', name='video_conv1d')(v))
-    v = layers.resize_time(v, self.seq_len) * m_v[:, None, None]
+    v_valid = bc.time_valid(batch, 'video')
+    # Zeroed padding is what SAME padding shows past the last real frame.
+    v = nn.relu(nn.Conv(d, (self.video_kernel,), padding='SAME', name='video_conv1d')(
+        v * v_valid[..., None]))
+    v = layers.resize_time_valid(v, v_valid, self.seq_len) * m_v[:, None, None]
+    if self.use_positional_embedding:
+      pos = lambda name: self.param(name, nn.initializers.normal(0.02), (self.seq_len, d))
+      a = (a + pos('audio_pos')) * m_a[:, None, None]
+      v = (v + pos('video_pos')) * m_v[:, None, None]
     a, v = drop(a), drop(v)
 
-    # CMB in both directions: a2v is audio-dominant (audio queries video).
     a2v, v2a = a, v
-    for i in range(self.num_layers):
-      blk = lambda name: CrossModalBlock(self.num_heads, self.d_ff, self.dropout_rate, name=name)
-      a2v, w_av = blk(f'cmb_a2v_{i}')(a2v, v, train)
-      v2a, w_va = blk(f'cmb_v2a_{i}')(v2a, a, train)
+    if self.fusion_block == 'cmb':
+      # CMB in both directions: a2v is audio-dominant (audio queries video).
+      for i in range(self.num_layers):
+        blk = lambda name: CrossModalBlock(self.num_heads, self.d_ff, self.dropout_rate, name=name)
+        a2v, w_av = blk(f'cmb_a2v_{i}')(a2v, v, train)
+        v2a, w_va = blk(f'cmb_v2a_{i}')(v2a, a, train)
+    else:
+      # AttA-NET: audio self-enhancement, then shared blocks in both directions.
+      a_enh, _ = SimilarityEnhancementBlock(self.num_heads, self.d_ff, self.dropout_rate,
+                                            name='seb_audio_self')(a, a, train)
+      a2v = a_enh
+      for i in range(self.num_layers):
+        blk = SimilarityEnhancementBlock(self.num_heads, self.d_ff, self.dropout_rate,
+                                         name=f'seb_{i}')
+        a2v, w_av = blk(a2v, v, train)
+        v2a, w_va = blk(v2a, a_enh, train)
     self.sow('intermediates', 'attention_audio_to_video', w_av)
     self.sow('intermediates', 'attention_video_to_audio', w_va)
     out = {}
@@ -179,9 +250,10 @@ class ATTSFNet(nn.Module):
                               (self.use_video_aux, v, h_v2a, 'video')):
       if use:
         h = x
-        for i in range(self.aux_layers):
-          h = layers.TransformerLayer(self.num_heads, self.aux_d_ff, self.dropout_rate,
-                                      activation=nn.relu, name=f'avam_{tag}_{i}')(h, train)
+        if self.aux_encoder == 'avam':
+          for i in range(self.aux_layers):
+            h = layers.TransformerLayer(self.num_heads, self.aux_d_ff, self.dropout_rate,
+                                        activation=nn.relu, name=f'avam_{tag}_{i}')(h, train)
         h = h.mean(axis=1)
         out[f'{tag}_aux_logits'] = nn.Dense(self.num_classes, name=f'avam_{tag}_classifier')(drop(h))
         main = self._fuse(main, h, f'gate_{tag}')
@@ -200,11 +272,13 @@ class ATTSFNet(nn.Module):
       if 'text' not in batch:
         raise ValueError("use_text=True but the batch has no 'text' features")
       m_t = bc.modality_mask(batch, 'text')
+      t_valid = bc.time_valid(batch, 'text')
       h = nn.Dense(d, name='text_proj')(batch['text'].astype(jnp.float32))
       for i in range(self.aux_layers):
         h = layers.TransformerLayer(self.num_heads, self.aux_d_ff, self.dropout_rate,
-                                    activation=nn.relu, name=f'avam_text_{i}')(h, train)
-      feats.append(h.mean(axis=1) * m_t[:, None])
+                                    activation=nn.relu, name=f'avam_text_{i}')(
+                                        h, train, context_mask=t_valid)
+      feats.append(layers.masked_mean(h, t_valid) * m_t[:, None])
 
     h = drop(jnp.concatenate(feats, axis=-1))
     out['logits'] = nn.Dense(self.num_classes, name='classifier')(h)

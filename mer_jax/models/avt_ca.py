@@ -9,6 +9,17 @@ then audio queries video and video queries audio; (2) cross-self-attention:
 o_AV + o_self per modality; (3) a final cross-attention with `ct_heads` heads;
 max-pool over time per modality, add, FC.
 
+Cross-self-attention (Section III-C): o~_audio = o_AV + o_self^{res,audio}, where
+o_self^{res,audio} is the residual input, i.e. the output of the preceding
+transformer (self-attention) block, so the block is a cross-attention with a
+residual (then LayerNorm). Algorithm 1 line 19 writes o_AV + o_self,audio,
+which can also be read as an extra self-attention term; that reading is
+`csa_self_attention=True` (the paper's reading, and the default, is False).
+
+Padding: `<modality>_valid` ([B, T], 1 = real step) masks every attention's
+keys, the temporal max-pool and the audio encoder (its mask follows the
+pooling: a pooled step is valid if any step in its window is).
+
 Choices where the paper is silent: model width `d_model` (128), a learned
 positional embedding on each sequence, dropout 0.1 in the transformer blocks.
 Table V ablations are `use_intermediate_transformer`/`it_heads` and
@@ -48,6 +59,8 @@ class AVTCA(nn.Module):
   head_dropout: float = 0.0
   max_len: int = 512
   impl: str = 'auto'
+  # Section III-C reading of o_self (see the module docstring): False = residual only.
+  csa_self_attention: bool = False
 
   @nn.compact
   def __call__(self, batch, train: bool = False):
@@ -55,12 +68,16 @@ class AVTCA(nn.Module):
     m_a, m_v = bc.modality_mask(batch, 'audio'), bc.modality_mask(batch, 'video')
     d, d_ff = self.d_model, self.d_ff_ratio * self.d_model
 
-    a = encoders.Conv1DAudioEncoder(self.audio_channels, name='audio_encoder')(audio, train)
+    a_valid = bc.time_valid(batch, 'audio')
+    a = encoders.Conv1DAudioEncoder(self.audio_channels, name='audio_encoder')(
+        audio, train, valid=a_valid)
+    a_valid = encoders.pool_valid(a_valid, 2, len(self.audio_channels))
     a = nn.Dense(d, name='audio_proj')(a)
     frame_enc = encoders.EfficientFrameEncoder(
         self.frame_stem_features, self.frame_stage_features, self.frame_expansion,
         self.local_grid, d, impl=self.impl, name='frame_encoder')
     v = encoders.encode_frames(frame_enc, video, train)
+    v_valid = bc.time_valid(batch, 'video')
     a = a + self.param('audio_pos', nn.initializers.normal(0.02), (self.max_len, d))[: a.shape[1]]
     v = v + self.param('video_pos', nn.initializers.normal(0.02), (self.max_len, d))[: v.shape[1]]
     a = a * m_a[:, None, None]
@@ -68,30 +85,36 @@ class AVTCA(nn.Module):
 
     if self.use_intermediate_transformer:
       tl = lambda name: layers.TransformerLayer(self.it_heads, d_ff, self.dropout_rate, name=name)
-      a = tl('it_audio_self')(a, train)
-      v = tl('it_video_self')(v, train)
+      a = tl('it_audio_self')(a, train, context_mask=a_valid)
+      v = tl('it_video_self')(v, train, context_mask=v_valid)
       # Audio queries video and video queries audio; a missing partner adds nothing.
-      a_q = tl('it_audio_queries_video')(a, train, context=v)
-      v_q = tl('it_video_queries_audio')(v, train, context=a)
+      a_q = tl('it_audio_queries_video')(a, train, context=v, context_mask=v_valid)
+      v_q = tl('it_video_queries_audio')(v, train, context=a, context_mask=a_valid)
       a = jnp.where(m_v[:, None, None] > 0, a_q, a) * m_a[:, None, None]
       v = jnp.where(m_a[:, None, None] > 0, v_q, v) * m_v[:, None, None]
 
     if self.use_cross_attention:
       mha = lambda h, name: layers.MultiHeadAttention(h, dropout_rate=self.dropout_rate, name=name)
-      # Cross-self-attention: o~ = o_cross + o_self.
-      o_av = mha(self.ct_heads, 'csa_audio_to_video')(a, v, train) * m_v[:, None, None]
-      o_va = mha(self.ct_heads, 'csa_video_to_audio')(v, a, train) * m_a[:, None, None]
-      a = nn.LayerNorm(name='csa_audio_ln')(a + o_av + mha(self.ct_heads, 'csa_audio_self')(a, a, train))
-      v = nn.LayerNorm(name='csa_video_ln')(v + o_va + mha(self.ct_heads, 'csa_video_self')(v, v, train))
+      # Cross-self-attention: o~ = o_cross + o_self (the residual input).
+      o_av = mha(self.ct_heads, 'csa_audio_to_video')(a, v, train, kv_mask=v_valid) * m_v[:, None, None]
+      o_va = mha(self.ct_heads, 'csa_video_to_audio')(v, a, train, kv_mask=a_valid) * m_a[:, None, None]
+      if self.csa_self_attention:
+        o_av = o_av + mha(self.ct_heads, 'csa_audio_self')(a, a, train, kv_mask=a_valid)
+        o_va = o_va + mha(self.ct_heads, 'csa_video_self')(v, v, train, kv_mask=v_valid)
+      a = nn.LayerNorm(name='csa_audio_ln')(a + o_av)
+      v = nn.LayerNorm(name='csa_video_ln')(v + o_va)
       # Final cross-attention with h heads.
-      ca, w_av = mha(self.ct_heads, 'ct_audio_to_video')(a, v, train, return_weights=True)
-      cv, w_va = mha(self.ct_heads, 'ct_video_to_audio')(v, a, train, return_weights=True)
+      ca, w_av = mha(self.ct_heads, 'ct_audio_to_video')(a, v, train, kv_mask=v_valid,
+                                                          return_weights=True)
+      cv, w_va = mha(self.ct_heads, 'ct_video_to_audio')(v, a, train, kv_mask=a_valid,
+                                                          return_weights=True)
       self.sow('intermediates', 'attention_audio_to_video', w_av)
       self.sow('intermediates', 'attention_video_to_audio', w_va)
       a = a + ca * m_v[:, None, None]
       v = v + cv * m_a[:, None, None]
 
-    pooled = a.max(axis=1) * m_a[:, None] + v.max(axis=1) * m_v[:, None]
+    pooled = (layers.masked_max(a, a_valid) * m_a[:, None]
+              + layers.masked_max(v, v_valid) * m_v[:, None])
     pooled = nn.Dropout(self.head_dropout)(pooled, deterministic=not train)
     logits = nn.Dense(self.num_classes, name='classifier')(pooled)
     return {'logits': logits}

@@ -17,17 +17,40 @@ class Conv1DAudioEncoder(nn.Module):
   """Blocks of Conv1D(k) -> BN -> ReLU -> MaxPool(pool) over time.
 
   [B, T, F] features -> [B, T / pool**len(channels), channels[-1]].
+  With `valid` ([B, T], 1 = real step) padded steps are zeroed before each
+  convolution (so SAME convolution sees the zeros it would see at the end of an
+  unpadded sequence), kept out of BatchNorm's batch statistics and out of each
+  pooling window; `pooled_valid` gives the output's mask.
   """
   channels: Sequence[int] = (64, 128)
   kernel_size: int = 3
   pool: int = 2
 
   @nn.compact
-  def __call__(self, x: Array, train: bool) -> Array:
+  def __call__(self, x: Array, train: bool, valid=None) -> Array:
     for c in self.channels:
-      x = layers.ConvBNAct(c, (self.kernel_size,), padding='SAME')(x, train)
+      if valid is None:
+        x = layers.ConvBNAct(c, (self.kernel_size,), padding='SAME')(x, train)
+        x = nn.max_pool(x, (self.pool,), (self.pool,), padding='SAME')
+        continue
+      m = valid[..., None]
+      x = layers.ConvBNAct(c, (self.kernel_size,), padding='SAME')(x * m, train, mask=m)
+      x = jnp.where(m > 0, x, jnp.finfo(x.dtype).min)
       x = nn.max_pool(x, (self.pool,), (self.pool,), padding='SAME')
+      valid = pool_valid(valid, self.pool)
+      x = jnp.where(valid[..., None] > 0, x, 0.0)
     return x
+
+
+def pool_valid(valid: Array, pool: int, times: int = 1) -> Array:
+  """Mask after `times` SAME max-pools of size and stride `pool` over time.
+
+  A pooled step is valid if any step in its window is; for prefix masks that
+  is exactly the ceil(n / pool) steps an unpadded sequence of n steps yields.
+  """
+  for _ in range(times):
+    valid = nn.max_pool(valid[..., None], (pool,), (pool,), padding='SAME')[..., 0]
+  return valid
 
 
 class ChannelSpatialAttention(nn.Module):

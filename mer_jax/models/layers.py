@@ -134,10 +134,13 @@ class ConvBNAct(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, train: bool) -> Array:
+  def __call__(self, x: Array, train: bool, mask: Optional[Array] = None) -> Array:
+    # `mask` (broadcastable to the output, 1 = real) keeps padding out of the
+    # train-mode batch statistics.
     x = nn.Conv(self.features, tuple(self.kernel_size), strides=self.strides,
                 padding=self.padding, use_bias=False, dtype=self.dtype)(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(
+        x, mask=None if mask is None else jnp.broadcast_to(mask > 0, x.shape))
     return self.act(x) if self.act is not None else x
 
 
@@ -202,6 +205,9 @@ class MultiHeadAttention(nn.Module):
       big_neg = jnp.finfo(logits.dtype).min
       logits = jnp.where(kv_mask[:, None, None, :] > 0, logits, big_neg)
     weights = jax.nn.softmax(logits, axis=-1)
+    if kv_mask is not None:
+      # A query with no valid key reads nothing (not a uniform mix of padding).
+      weights = jnp.where(kv_mask.max(-1)[:, None, None, None] > 0, weights, 0.0)
     weights_d = nn.Dropout(self.dropout_rate)(weights, deterministic=not train)
     out = jnp.einsum('bhqk,bkhd->bqhd', weights_d, v)
     out = nn.DenseGeneral(self.out_features or q_in.shape[-1], axis=(-2, -1),
@@ -257,6 +263,48 @@ def normalize_frames(video: Array, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224
   """u8[..., 3] frames -> f32 standardised with ImageNet statistics."""
   x = video.astype(jnp.float32) / 255.0
   return (x - jnp.asarray(mean)) / jnp.asarray(std)
+
+
+def masked_mean(x: Array, valid: Array) -> Array:
+  """Mean over time of [B, T, D] counting only valid steps (valid [B, T]); 0 if none."""
+  w = valid[..., None].astype(x.dtype)
+  return (x * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
+
+
+def masked_var(x: Array, valid: Array) -> Array:
+  """Population variance over the valid time steps of [B, T, D]; 0 if none."""
+  mean = masked_mean(x, valid)
+  return masked_mean((x - mean[:, None]) ** 2, valid)
+
+
+def masked_max(x: Array, valid: Array) -> Array:
+  """Max over the valid time steps of [B, T, D]; 0 for a row with none."""
+  y = jnp.where(valid[..., None] > 0, x, jnp.finfo(x.dtype).min).max(1)
+  return jnp.where(valid.max(1)[:, None] > 0, y, 0.0)
+
+
+def resize_time_valid(x: Array, valid: Array, length: int) -> Array:
+  """`resize_time` of each example's valid prefix only: [B, T, D] -> [B, length, D].
+
+  valid [B, T] must be a prefix mask (the real steps first, as builders store
+  them); n = sum(valid) real steps are resampled to `length` with the same
+  antialiased triangle kernel as `jax.image.resize(..., 'linear')`, so padded
+  steps get zero weight and the result does not depend on how much padding
+  follows. With all steps valid it equals `resize_time`; a row with no valid
+  step gives zeros.
+  """
+  t = x.shape[1]
+  n = valid.astype(jnp.float32).sum(1)[:, None, None]  # [B, 1, 1]
+  inv_scale = n / length
+  kernel_scale = jnp.maximum(inv_scale, 1.0)
+  sample = (jnp.arange(length, dtype=jnp.float32)[None, :, None] + 0.5) * inv_scale - 0.5
+  idx = jnp.arange(t, dtype=jnp.float32)[None, None, :]
+  w = jnp.maximum(0.0, 1.0 - jnp.abs(sample - idx) / kernel_scale) * (idx < n)  # [B, L, T]
+  total = w.sum(-1, keepdims=True)
+  w = jnp.where(total > 1000.0 * jnp.finfo(jnp.float32).eps,
+                w / jnp.where(total != 0, total, 1.0), 0.0)
+  w = jnp.where((sample >= -0.5) & (sample <= n - 0.5), w, 0.0)
+  return jnp.einsum('blt,btd->bld', w.astype(x.dtype), x)
 
 
 def resize_time(x: Array, length: int) -> Array:

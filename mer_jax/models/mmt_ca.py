@@ -26,6 +26,10 @@ crops; landmarks are a preprocessing step and not part of this module).
 Parameter names of the two branches do not depend on `head`, so a face model
 trained with head='face' and an audio model trained with head='audio' restore
 into the fused model.
+
+Padding: `<modality>_valid` ([B, T], 1 = real step) masks the keys of every
+self- and cross-attention and the temporal mean pooling; a single image is one
+real step.
 """
 
 from __future__ import annotations
@@ -43,8 +47,8 @@ from mer_jax.models import encoders, layers
 Array = jax.Array
 
 
-def _masked_mean(x: Array, present: Array) -> Array:
-  return x.mean(axis=1) * present[:, None]
+def _masked_mean(x: Array, valid: Array, present: Array) -> Array:
+  return layers.masked_mean(x, valid) * present[:, None]
 
 
 class MMTCA(nn.Module):
@@ -64,16 +68,22 @@ class MMTCA(nn.Module):
   head_dropout: float = 0.1
 
   def _audio(self, batch, train):
+    """-> (sequence [B, T, d], valid [B, T])."""
     enc = encoders.SequenceTransformerEncoder(
         self.d_model, self.audio_layers, self.num_heads, self.d_ff_ratio * self.d_model,
         self.dropout_rate, name='audio_encoder')
-    return enc(batch['audio'], train)
+    valid = bc.time_valid(batch, 'audio')
+    return enc(batch['audio'], train, mask=valid), valid
 
   def _face(self, batch, train):
+    """-> (sequence [B, T, d], valid [B, T]); a single image is one valid step."""
     video = batch['video']
     if video.ndim == 3:  # pre-extracted f32 frame features [B, T, F]
       feats = video.astype(jnp.float32)
+      valid = bc.time_valid(batch, 'video')
     else:
+      valid = bc.time_valid(batch, 'video') if video.ndim == 5 else \
+          jnp.ones((video.shape[0], 1), jnp.float32)
       video = encoders.as_frame_sequence(video)
       cnn = encoders.ConvFrameEncoder(self.face_channels, self.face_convs_per_block,
                                       self.d_model, stem_stride=self.face_stem_stride,
@@ -82,7 +92,7 @@ class MMTCA(nn.Module):
     enc = encoders.SequenceTransformerEncoder(
         self.d_model, self.face_layers, self.num_heads, self.d_ff_ratio * self.d_model,
         self.dropout_rate, name='face_encoder')
-    return enc(feats, train)
+    return enc(feats, train, mask=valid), valid
 
   def _classify(self, x, train, name):
     x = nn.Dropout(self.head_dropout)(x, deterministic=not train)
@@ -97,12 +107,14 @@ class MMTCA(nn.Module):
     out = {}
     if self.head in ('audio', 'fused'):
       m_a = bc.modality_mask(batch, 'audio')
-      a = self._audio(batch, train) * m_a[:, None, None]
-      out['audio_logits'] = self._classify(a.mean(axis=1), train, 'audio_classifier')
+      a, a_valid = self._audio(batch, train)
+      a = a * m_a[:, None, None]
+      out['audio_logits'] = self._classify(layers.masked_mean(a, a_valid), train, 'audio_classifier')
     if self.head in ('face', 'fused'):
       m_v = bc.modality_mask(batch, 'video')
-      v = self._face(batch, train) * m_v[:, None, None]
-      out['face_logits'] = self._classify(v.mean(axis=1), train, 'face_classifier')
+      v, v_valid = self._face(batch, train)
+      v = v * m_v[:, None, None]
+      out['face_logits'] = self._classify(layers.masked_mean(v, v_valid), train, 'face_classifier')
     if self.head == 'audio':
       out['logits'] = out['audio_logits']
       return out
@@ -119,11 +131,13 @@ class MMTCA(nn.Module):
                                      name=f'cross_audio_to_face_{i}')
         lv = layers.TransformerLayer(self.num_heads, d_ff, self.dropout_rate,
                                      name=f'cross_face_to_audio_{i}')
-        a_new, v_new = la(a_x, train, context=v_x), lv(v_x, train, context=a_x)
+        a_new = la(a_x, train, context=v_x, context_mask=v_valid)
+        v_new = lv(v_x, train, context=a_x, context_mask=a_valid)
         # A missing partner contributes nothing: keep the unimodal sequence.
         a_x = jnp.where(m_v[:, None, None] > 0, a_new, a_x) * m_a[:, None, None]
         v_x = jnp.where(m_a[:, None, None] > 0, v_new, v_x) * m_v[:, None, None]
-      fused = jnp.concatenate([_masked_mean(a_x, m_a), _masked_mean(v_x, m_v)], axis=-1)
+      fused = jnp.concatenate([_masked_mean(a_x, a_valid, m_a), _masked_mean(v_x, v_valid, m_v)],
+                              axis=-1)
       fused = nn.relu(nn.Dense(self.d_model, name='early_fusion')(fused))
       out['early_logits'] = self._classify(fused, train, 'early_classifier')
       decisions.append(jax.nn.log_softmax(out['early_logits']))

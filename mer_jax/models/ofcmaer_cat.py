@@ -65,15 +65,16 @@ def awom_weights(scores: Array, mask: Array) -> Array:
 
 
 class SequenceCNNEncoder(nn.Module):
-  """Conv1D blocks then a Dense to d: [B, T, F] -> [B, T', d]."""
+  """Conv1D blocks then a Dense to d: [B, T, F], valid [B, T] -> ([B, T', d], valid [B, T'])."""
   channels: Sequence[int]
   d_model: int
   pool: int = 2
 
   @nn.compact
-  def __call__(self, x, train):
-    x = encoders.Conv1DAudioEncoder(self.channels, pool=self.pool)(x.astype(jnp.float32), train)
-    return nn.Dense(self.d_model)(x)
+  def __call__(self, x, train, valid):
+    x = encoders.Conv1DAudioEncoder(self.channels, pool=self.pool)(
+        x.astype(jnp.float32), train, valid=valid)
+    return nn.Dense(self.d_model)(x), encoders.pool_valid(valid, self.pool, len(self.channels))
 
 
 class OFCMAERCAT(nn.Module):
@@ -95,14 +96,18 @@ class OFCMAERCAT(nn.Module):
   head: str = 'projection'  # 'projection' (Eqs. 12-13) | 'concat' (Eqs. 20-22)
   head_hidden: int = 128
   max_len: int = 512
+  # What the contextual transformer reads (Section III, overview): 'weighted' =
+  # the AWOM-weighted aligned features w~_i F^a_i (the paper), 'unweighted' = F^a_i.
+  transformer_input: str = 'weighted'
 
-  def _encode(self, name, x, train):
+  def _encode(self, name, x, train, valid):
+    """-> (F_i [B, T_i, d], valid [B, T_i])."""
     if name == 'video' and x.ndim == 5:
       cnn = encoders.ConvFrameEncoder(self.frame_channels, out_dim=self.d_model,
                                       stem_stride=self.frame_stem_stride, name='video_encoder')
-      return encoders.encode_frames(cnn, x, train)
+      return encoders.encode_frames(cnn, x, train), valid
     return SequenceCNNEncoder(self.seq_channels, self.d_model, self.seq_pool,
-                              name=f'{name}_encoder')(x, train)
+                              name=f'{name}_encoder')(x, train, valid)
 
   @nn.compact
   def __call__(self, batch, train: bool = False):
@@ -111,11 +116,18 @@ class OFCMAERCAT(nn.Module):
     names = tuple(self.modalities)
     d = self.d_model
     drop = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+    if self.transformer_input not in ('weighted', 'unweighted'):
+      raise ValueError("transformer_input must be 'weighted' or 'unweighted', "
+                       f"got {self.transformer_input!r}")
     mask = jnp.stack([bc.modality_mask(batch, n) for n in names], axis=-1)  # [B, M]
 
-    feats = [self._encode(n, batch[n], train) * mask[:, i, None, None]
-             for i, n in enumerate(names)]
-    pooled = jnp.stack([f.mean(axis=1) for f in feats], axis=1)  # [B, M, d]; 0 if missing
+    feats, valids = [], []
+    for i, n in enumerate(names):
+      f, valid = self._encode(n, batch[n], train, bc.time_valid(batch, n))
+      feats.append(f * mask[:, i, None, None])
+      valids.append(valid)
+    # [B, M, d] over real steps only; 0 if missing
+    pooled = jnp.stack([layers.masked_mean(f, v) for f, v in zip(feats, valids)], axis=1)
 
     # Cross-modal attention alignment with partner weights and gated residual.
     aligned = []
@@ -133,7 +145,7 @@ class OFCMAERCAT(nn.Module):
         for k, j in enumerate(partners):
           att, w = layers.MultiHeadAttention(
               self.num_heads, dropout_rate=self.dropout_rate, name=f'cmaa_{ni}_from_{names[j]}')(
-                  feats[i], feats[j], train, return_weights=True)
+                  feats[i], feats[j], train, kv_mask=valids[j], return_weights=True)
           self.sow('intermediates', f'attention_{ni}_from_{names[j]}', w)
           f_tilde = f_tilde + alpha[:, k, None, None] * att
         gate = nn.Dense(d, name=f'gate_{ni}_out')(nn.relu(nn.Dense(d, name=f'gate_{ni}_hidden')(
@@ -145,7 +157,8 @@ class OFCMAERCAT(nn.Module):
 
     # Adaptive weight optimisation from [mean, variance] of each aligned sequence.
     if self.use_awom:
-      mlp_in = jnp.stack([jnp.concatenate([f.mean(1), f.var(1)], -1) for f in aligned], 1)
+      mlp_in = jnp.stack([jnp.concatenate([layers.masked_mean(f, v), layers.masked_var(f, v)], -1)
+                          for f, v in zip(aligned, valids)], 1)
       s = nn.Dense(1, name='awom_out')(nn.relu(nn.Dense(self.awom_hidden, name='awom_hidden')(mlp_in)))
       weights = awom_weights(s[..., 0], mask)
     else:
@@ -157,9 +170,13 @@ class OFCMAERCAT(nn.Module):
       lengths = [f.shape[1] for f in aligned]
       mod_emb = self.param('modality_embedding', nn.initializers.normal(0.02), (len(names), d))
       pos = self.param('positions', nn.initializers.normal(0.02), (self.max_len, d))
-      x = jnp.concatenate([f + mod_emb[i] + pos[:f.shape[1]] for i, f in enumerate(aligned)], 1)
-      key_mask = jnp.concatenate([jnp.repeat(mask[:, i:i + 1], t, axis=1)
-                                  for i, t in enumerate(lengths)], 1)
+      if self.transformer_input == 'weighted':
+        inputs = [weights[:, i, None, None] * f for i, f in enumerate(aligned)]
+      else:
+        inputs = aligned
+      x = jnp.concatenate([f + mod_emb[i] + pos[:f.shape[1]] for i, f in enumerate(inputs)], 1)
+      # Keys: the real steps of the modalities present.
+      key_mask = jnp.concatenate([v * mask[:, i:i + 1] for i, v in enumerate(valids)], 1)
       for layer in range(self.num_layers):
         x = layers.TransformerLayer(self.num_heads, self.d_ff_ratio * d, self.dropout_rate,
                                     name=f'context_{layer}')(x, train, context_mask=key_mask)
@@ -167,7 +184,8 @@ class OFCMAERCAT(nn.Module):
       segments = jnp.split(x, splits, axis=1)
     else:
       segments = aligned
-    seg_pooled = jnp.stack([s.mean(1) for s in segments], axis=1)  # [B, M, d]
+    seg_pooled = jnp.stack([layers.masked_mean(s, v) for s, v in zip(segments, valids)],
+                           axis=1)  # [B, M, d]
     h = jnp.einsum('bm,bmd->bd', weights, seg_pooled)
 
     if self.head == 'projection':

@@ -18,6 +18,11 @@ read by `fbp_dim` outputs, each a rank-`fbp_rank` trilinear form
 z_o = sum_r sum_{k,p,q} G[k,p,q] U_t[k,o,r] U_a[p,o,r] U_v[q,o,r] (MFB's sum
 pooling over the factor r), then MFB's power and L2 normalisation, dropout
 and the classifier.
+
+Padding: `<modality>_valid` ([B, T], 1 = real step, real steps first). The log-mel
+CNN masks padded frames (see Conv2DLogMelEncoder), the bidirectional GRU runs
+with each clip's length, and both streams interpolate only their real steps
+to t_common, so everything after the interpolation is free of padding.
 """
 
 from __future__ import annotations
@@ -36,16 +41,31 @@ Array = jax.Array
 
 
 class Conv2DLogMelEncoder(nn.Module):
-  """[B, T, F] -> blocks of (Conv 3x3 -> BN -> ReLU -> max-pool 3x3/2) -> [B, T', C]."""
+  """[B, T, F] -> blocks of (Conv 3x3 -> BN -> ReLU -> max-pool 3x3/2) -> [B, T', C].
+
+  `valid` [B, T] (1 = real frame): padded frames are zeroed before each conv
+  (what SAME padding shows at the end of an unpadded input), kept out of
+  BatchNorm's batch statistics and out of the pooling windows. The pool pads
+  time by one frame on each side, whatever T is (SAME would shift its windows
+  with the parity of T, so the result would depend on the amount of padding);
+  pooled frame j covers frames 2j-1..2j+1 and is valid when its centre 2j is:
+  ceil(n / 2) frames for n real ones, as without padding. Returns (x, valid).
+  """
   channels: Sequence[int] = (64, 128)
 
   @nn.compact
-  def __call__(self, x: Array, train: bool) -> Array:
+  def __call__(self, x: Array, train: bool, valid: Array):
     x = x[..., None]
     for c in self.channels:
-      x = layers.ConvBNAct(c, (3, 3))(x, train)
-      x = nn.max_pool(x, (3, 3), (2, 2), padding='SAME')
-    return x.mean(axis=2)
+      m = valid[:, :, None, None]
+      x = layers.ConvBNAct(c, (3, 3))(x * m, train, mask=m)
+      x = jnp.where(m > 0, x, jnp.finfo(x.dtype).min)
+      f = x.shape[2]
+      f_pad = max((-(-f // 2) - 1) * 2 + 3 - f, 0)
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (f_pad // 2, f_pad - f_pad // 2)))
+      valid = valid[:, ::2]
+      x = jnp.where(valid[:, :, None, None] > 0, x, 0.0)
+    return x.mean(axis=2), valid
 
 
 class FactorizedBilinearPooling(nn.Module):
@@ -91,9 +111,11 @@ class TuckerCrossAttentionFusion(nn.Module):
     d = self.d_model
     m_a, m_v = bc.modality_mask(batch, 'audio'), bc.modality_mask(batch, 'video')
 
-    a = Conv2DLogMelEncoder(self.audio_channels, name='audio_cnn')(batch['audio'], train)
+    a, a_valid = Conv2DLogMelEncoder(self.audio_channels, name='audio_cnn')(
+        batch['audio'], train, bc.time_valid(batch, 'audio'))
     a = nn.Dense(d, name='audio_proj')(a)
-    a = layers.resize_time(a, self.t_common) * m_a[:, None, None]
+    # Only the real frames are interpolated to t_common, so padding has no weight.
+    a = layers.resize_time_valid(a, a_valid, self.t_common) * m_a[:, None, None]
 
     video = batch['video']
     if video.ndim == 5:
@@ -104,8 +126,11 @@ class TuckerCrossAttentionFusion(nn.Module):
       v = video.astype(jnp.float32)
     gru = nn.Bidirectional(nn.RNN(nn.GRUCell(self.gru_hidden)), nn.RNN(nn.GRUCell(self.gru_hidden)),
                            name='video_bigru')
-    v = nn.Dense(d, name='video_proj')(gru(v))
-    v = layers.resize_time(v, self.t_common) * m_v[:, None, None]
+    v_valid = bc.time_valid(batch, 'video')
+    # seq_lengths: the backward GRU starts at each clip's last real frame.
+    v = gru(v, seq_lengths=v_valid.sum(1).astype(jnp.int32))
+    v = nn.Dense(d, name='video_proj')(v)
+    v = layers.resize_time_valid(v, v_valid, self.t_common) * m_v[:, None, None]
 
     # Bidirectional cross-attention; a missing partner adds nothing.
     mha = lambda name: layers.MultiHeadAttention(self.num_heads, dropout_rate=self.attention_dropout,

@@ -1,0 +1,161 @@
+"""Per-time-step padding masks: zero steps marked invalid in '<modality>_valid'
+change no eval-mode output, in every model.
+
+Each example of a ragged batch (different real lengths, padded to a common
+length plus extra) must give the logits it gives alone and unpadded. Without
+the masks the same padding must change them, so the tests can fail.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mer_jax import contract as bc
+from mer_jax import models
+from mer_jax.models import encoders, layers
+
+NUM_CLASSES = 6
+FRAME = (32, 32, 3)
+# Real lengths per example: audio frames, video frames (and text/physio steps).
+LENGTHS = {'audio': (37, 23), 'video': (4, 2), 'text': (12, 5), 'physio': (40, 17)}
+FEATURES = {'audio': 20, 'text': 20, 'physio': 6}
+
+
+def _model(paper, **overrides):
+  config = importlib.import_module(f'configs.{paper}').get_config('tiny')
+  model = models.build(config.model, NUM_CLASSES)
+  return model.clone(**overrides) if overrides else model
+
+
+def _examples(modalities, seed=0):
+  """One unpadded example per row of LENGTHS: {name: array [T_i, ...]}."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for i in range(len(LENGTHS['audio'])):
+    ex = {}
+    for name in modalities:
+      t = LENGTHS[name][i]
+      if name == 'video':
+        ex[name] = rng.integers(0, 256, (t,) + FRAME, dtype=np.uint8)
+      else:
+        ex[name] = rng.standard_normal((t, FEATURES[name])).astype(np.float32)
+    out.append(ex)
+  return out
+
+
+def _batch(examples, extra=0, with_valid=True):
+  """Stacks examples, zero-padding each modality to its longest + `extra` steps."""
+  names = list(examples[0])
+  b = len(examples)
+  batch = {'label': np.zeros((b,), np.int32)}
+  for name in names:
+    t = max(ex[name].shape[0] for ex in examples) + extra
+    arr = np.zeros((b, t) + examples[0][name].shape[1:], examples[0][name].dtype)
+    valid = np.zeros((b, t), np.float32)
+    for i, ex in enumerate(examples):
+      arr[i, :ex[name].shape[0]] = ex[name]
+      valid[i, :ex[name].shape[0]] = 1.0
+    batch[name] = arr
+    if with_valid:
+      batch[f'{name}_valid'] = valid
+  batch['mask'] = bc.presence_mask(batch.keys(), b)
+  return batch
+
+
+def _check_padding_invariance(model, modalities, extra=3):
+  examples = _examples(modalities)
+  alone = [_batch([ex]) for ex in examples]
+  variables = model.init({'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)},
+                         alone[0], train=False)
+  want = np.concatenate([np.asarray(model.apply(variables, b, train=False)['logits'])
+                         for b in alone])
+  got = model.apply(variables, _batch(examples, extra), train=False)['logits']
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+  # The same padding without masks reaches the output: the masks do the work.
+  unmasked = model.apply(variables, _batch(examples, extra, with_valid=False), train=False)['logits']
+  assert not np.allclose(unmasked, want, atol=1e-4), 'padding without masks changed nothing'
+  return variables
+
+
+@pytest.mark.parametrize('paper,overrides,modalities', [
+    ('avt_ca', {}, ('audio', 'video')),
+    ('avt_ca', {'csa_self_attention': True}, ('audio', 'video')),
+    ('tucker_fusion', {}, ('audio', 'video')),
+    ('attsf_net', {}, ('audio', 'video')),
+    ('attsf_net', {'use_text': True, 'fusion_block': 'seb', 'aux_encoder': 'pool'},
+     ('audio', 'video', 'text')),
+    ('ofcmaer_cat', {}, ('audio', 'video')),
+    ('ofcmaer_cat', {'modalities': ('audio', 'video', 'physio'),
+                     'transformer_input': 'unweighted'}, ('audio', 'video', 'physio')),
+    ('mmt_ca', {}, ('audio', 'video')),
+])
+def test_padding_changes_no_eval_output(paper, overrides, modalities):
+  _check_padding_invariance(_model(paper, **overrides), modalities)
+
+
+@pytest.mark.parametrize('paper,encoder', [('avt_ca', 'audio_encoder'), ('tucker_fusion', 'audio_cnn'),
+                                           ('attsf_net', 'audio_cnn'),
+                                           ('ofcmaer_cat', 'audio_encoder')])
+def test_padding_stays_out_of_audio_batchnorm_statistics(paper, encoder):
+  """Train mode: the audio encoder's running statistics move the same with and
+  without masked padding (equal lengths, so the unpadded batch is the reference)."""
+  model = _model(paper)
+  rng = np.random.default_rng(1)
+  examples = [{'audio': rng.standard_normal((30, 20)).astype(np.float32),
+               'video': rng.integers(0, 256, (3,) + FRAME, dtype=np.uint8)} for _ in range(2)]
+  plain, padded = _batch(examples), _batch(examples)
+  padded['audio'] = np.concatenate([padded['audio'], np.zeros((2, 9, 20), np.float32)], 1)
+  padded['audio_valid'] = np.concatenate([padded['audio_valid'], np.zeros((2, 9), np.float32)], 1)
+  variables = model.init({'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)},
+                         plain, train=False)
+  stats = []
+  for b in (plain, padded):
+    _, upd = model.apply(variables, b, train=True, rngs={'dropout': jax.random.PRNGKey(2)},
+                         mutable=['batch_stats'])
+    stats.append(upd['batch_stats'][encoder])
+  moved = jax.tree.map(lambda a, b: not np.allclose(a, b), stats[0],
+                       variables['batch_stats'][encoder])
+  assert any(jax.tree.leaves(moved))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), *stats)
+
+
+@pytest.mark.parametrize('length', [5, 8, 20])
+def test_resize_time_valid_equals_resize_on_the_real_prefix(length):
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 12, 4))
+  n = np.array([12, 7, 1])
+  valid = (np.arange(12)[None] < n[:, None]).astype(np.float32)
+  got = layers.resize_time_valid(x, jnp.asarray(valid), length)
+  for i in range(3):
+    want = jax.image.resize(x[i:i + 1, :n[i]], (1, length, 4), method='linear')
+    np.testing.assert_allclose(got[i:i + 1], want, atol=1e-5)
+  np.testing.assert_allclose(layers.resize_time_valid(x, jnp.zeros((3, 12)), length), 0.0)
+
+
+def test_masked_pooling_and_attention_with_no_valid_step():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 3))
+  valid = jnp.array([[1, 1, 0, 0, 0], [0, 0, 0, 0, 0]], jnp.float32)
+  np.testing.assert_allclose(layers.masked_mean(x, valid)[0], x[0, :2].mean(0), atol=1e-6)
+  np.testing.assert_allclose(layers.masked_var(x, valid)[0], x[0, :2].var(0), atol=1e-6)
+  np.testing.assert_allclose(layers.masked_max(x, valid)[0], x[0, :2].max(0), atol=1e-6)
+  for f in (layers.masked_mean, layers.masked_var, layers.masked_max):
+    np.testing.assert_array_equal(f(x, valid)[1], 0.0)
+  grads = jax.grad(lambda x: sum(f(x, valid).sum() for f in (layers.masked_mean, layers.masked_var,
+                                                             layers.masked_max)))(x)
+  assert np.all(np.isfinite(grads)) and np.all(np.asarray(grads)[1] == 0)
+  # A query whose keys are all padding reads nothing and stays finite.
+  mha = layers.MultiHeadAttention(1)
+  params = mha.init(jax.random.PRNGKey(1), x, x, False)
+  _, w = mha.apply(params, x, x, False, kv_mask=valid, return_weights=True)
+  np.testing.assert_array_equal(w[1], 0.0)
+  np.testing.assert_allclose(w[0].sum(-1), 1.0, atol=1e-6)
+
+
+def test_pool_valid_counts_like_unpadded_pooling():
+  for n in range(1, 12):
+    valid = (np.arange(16)[None] < n).astype(np.float32)
+    assert int(encoders.pool_valid(jnp.asarray(valid), 2, 2).sum()) == -(-(-(-n // 2)) // 2)
