@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -78,6 +78,7 @@ class LocalFeatureExtractor(nn.Module):
   features: int
   grid: int = 2
   impl: str = 'auto'
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
@@ -86,17 +87,58 @@ class LocalFeatureExtractor(nn.Module):
     if h % g or w % g:
       raise ValueError(f'feature map {h}x{w} not divisible into a {g}x{g} grid')
     ph, pw = h // g, w // g
-    rows = []
+    if layers.resolve_impl(self.impl) == 'matmul':
+      out = self._patches_at_once(x, g, ph, pw, train)
+    else:
+      rows = []
+      for i in range(g):
+        cols = []
+        for j in range(g):
+          p = x[:, i * ph:(i + 1) * ph, j * pw:(j + 1) * pw, :]
+          p = layers.DepthwiseConv(3, impl=self.impl, dtype=self.dtype, name=f'dw_{i}{j}')(p)
+          p = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
+                           name=f'bn_{i}{j}')(p)
+          cols.append(nn.relu(p))
+        rows.append(jnp.concatenate(cols, axis=2))
+      out = jnp.concatenate(rows, axis=1)
+    return layers.PointwiseBNAct(self.features, act=False, impl=self.impl,
+                                 dtype=self.dtype)(out, train)
+
+  def _patches_at_once(self, x, g, ph, pw, train):
+    # All g*g patch convolutions as one set of shifted multiply-adds on a
+    # [N, g, ph, g, pw, C] view (zero padding per patch), instead of g*g slices
+    # and concatenations whose gradients XLA:CPU runs slowly. Same parameters.
+    n, _, _, c = x.shape
+    kernels = jnp.stack([jnp.stack([
+        _DepthwiseKernel(3, c, name=f'dw_{i}{j}')()[:, :, 0] for j in range(g)], 2)
+        for i in range(g)], 2).astype(self.dtype)  # [3, 3, g, g, C]
+    xr = x.astype(self.dtype).reshape(n, g, ph, g, pw, c)
+    xp = jnp.pad(xr, ((0, 0), (0, 0), (1, 1), (0, 0), (1, 1), (0, 0)))
+    y = None
+    for a in range(3):
+      for b in range(3):
+        term = xp[:, :, a:a + ph, :, b:b + pw, :] * kernels[a, b][None, :, None, :, None, :]
+        y = term if y is None else y + term
+    cols = []
     for i in range(g):
-      cols = []
+      row = []
       for j in range(g):
-        p = x[:, i * ph:(i + 1) * ph, j * pw:(j + 1) * pw, :]
-        p = layers.DepthwiseConv(3, impl=self.impl, name=f'dw_{i}{j}')(p)
-        p = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f'bn_{i}{j}')(p)
-        cols.append(nn.relu(p))
-      rows.append(jnp.concatenate(cols, axis=2))
-    out = jnp.concatenate(rows, axis=1)
-    return layers.PointwiseBNAct(self.features, act=False, impl=self.impl)(out, train)
+        p = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
+                         name=f'bn_{i}{j}')(y[:, i, :, j])
+        row.append(nn.relu(p))
+      cols.append(jnp.stack(row, axis=2))  # [N, ph, g, pw, C]
+    return jnp.stack(cols, axis=1).reshape(n, g * ph, g * pw, c)
+
+
+class _DepthwiseKernel(nn.Module):
+  """The 'kernel' parameter of a `layers.DepthwiseConv` (same name, shape and init)."""
+  kernel_size: int
+  channels: int
+
+  @nn.compact
+  def __call__(self):
+    k = self.kernel_size
+    return self.param('kernel', layers.default_kernel_init, (k, k, 1, self.channels))
 
 
 class EfficientFrameEncoder(nn.Module):

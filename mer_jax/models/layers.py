@@ -10,6 +10,7 @@ identical in both, so checkpoints move between them.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Optional, Sequence
 
@@ -36,9 +37,11 @@ class PointwiseConv(nn.Module):
   use_bias: bool = True
   impl: str = 'auto'
   kernel_init: Callable = default_kernel_init
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    x = x.astype(self.dtype)
     kernel = self.param('kernel', self.kernel_init, (1, 1, x.shape[-1], self.features))
     if resolve_impl(self.impl) == 'matmul' or x.ndim != 4:
       y = jnp.einsum('...c,cd->...d', x, kernel[0, 0].astype(x.dtype))
@@ -76,29 +79,105 @@ def depthwise_conv_shifted(x: Array, kernel: Array, stride: int) -> Array:
   return y
 
 
+def _same_pads(size: int, k: int, stride: int) -> tuple[int, int]:
+  """XLA's SAME padding (the extra row/column goes after) for one spatial axis."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + k - size, 0)
+  return total // 2, total - total // 2
+
+
+def _window_slices(xp: Array, k: tuple[int, int], stride: tuple[int, int],
+                   out_hw: tuple[int, int]):
+  """Yields ((i, j), strided slice of padded NHWC `xp` for window offset (i, j))."""
+  n, _, _, c = xp.shape
+  for i in range(k[0]):
+    for j in range(k[1]):
+      yield (i, j), jax.lax.slice(
+          xp, (0, i, j, 0),
+          (n, i + (out_hw[0] - 1) * stride[0] + 1, j + (out_hw[1] - 1) * stride[1] + 1, c),
+          (1, stride[0], stride[1], 1))
+
+
+def _unslice(g: Array, offset: tuple[int, int], stride: tuple[int, int], padded_hw) -> Array:
+  """Transpose of `_window_slices`: places g at its strided positions in a zero map."""
+  zero = jnp.zeros((), g.dtype)
+  cfg = [(0, 0, 0)]
+  for a in range(2):
+    hi = padded_hw[a] - offset[a] - ((g.shape[1 + a] - 1) * stride[a] + 1)
+    cfg.append((offset[a], hi, stride[a] - 1))
+  return jax.lax.pad(g, zero, cfg + [(0, 0, 0)])
+
+
+def conv2d_im2col(x: Array, kernel: Array, strides=(1, 1), padding: Any = 'SAME') -> Array:
+  """2-D convolution as patches (k*k strided slices stacked on channels) times a matrix.
+
+  x: [N, H, W, Cin]; kernel [kh, kw, Cin, Cout] (HWIO). `padding` is 'SAME', 'VALID' or
+  ((top, bottom), (left, right)), as `lax.conv`. On XLA:CPU the weight gradient of a
+  strided conv with few input channels (the 3-channel stem) is far slower than this
+  matmul's; the input gradient of a data input is never formed.
+  """
+  kh, kw = kernel.shape[:2]
+  sh, sw = (strides, strides) if isinstance(strides, int) else tuple(strides)
+  n, h, w, cin = x.shape
+  if padding == 'SAME':
+    pads = (_same_pads(h, kh, sh), _same_pads(w, kw, sw))
+  elif padding == 'VALID':
+    pads = ((0, 0), (0, 0))
+  else:
+    pads = tuple(tuple(p) for p in padding)
+  xp = jnp.pad(x, ((0, 0),) + pads + ((0, 0),))
+  out_h = (xp.shape[1] - kh) // sh + 1
+  out_w = (xp.shape[2] - kw) // sw + 1
+  patches = jnp.concatenate(
+      [p for _, p in _window_slices(xp, (kh, kw), (sh, sw), (out_h, out_w))], axis=-1)
+  return jnp.einsum('nhwk,kd->nhwd', patches, kernel.reshape(kh * kw * cin, -1))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(xp: Array, window: int, stride: int, out_hw: tuple[int, int]) -> Array:
+  y = None
+  for _, s in _window_slices(xp, (window, window), (stride, stride), out_hw):
+    y = s if y is None else jnp.maximum(y, s)
+  return y
+
+
+def _max_pool_fwd(xp, window, stride, out_hw):
+  y = _max_pool(xp, window, stride, out_hw)
+  return y, (xp, y)
+
+
+def _max_pool_bwd(window, stride, out_hw, res, g):
+  # The first window position holding the maximum gets the gradient, as XLA's
+  # select-and-scatter does; a mask per offset is one fused elementwise pass
+  # instead of the chain of selects that differentiating jnp.maximum gives.
+  xp, y = res
+  taken = jnp.zeros(y.shape, bool)
+  dxp = None
+  for off, s in _window_slices(xp, (window, window), (stride, stride), out_hw):
+    hit = (s == y) & ~taken
+    taken = taken | hit
+    d = _unslice(jnp.where(hit, g, 0).astype(g.dtype), off, (stride, stride), xp.shape[1:3])
+    dxp = d if dxp is None else dxp + d
+  return (dxp,)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
 def max_pool_2d(x: Array, window: int, stride: int, impl: str = 'auto') -> Array:
   """SAME max-pooling of NHWC maps.
 
-  'matmul' (CPU) takes the maximum of window*window strided slices: its
-  gradient is an elementwise select, whereas XLA's reduce_window gradient
-  (select-and-scatter) is ~2.5x slower on CPU. Both give identical outputs.
+  'matmul' (CPU) takes the maximum of window*window strided slices, with a
+  custom gradient that routes each output's gradient to the first maximum of
+  its window (as XLA's select-and-scatter does, which is ~2.5x slower on CPU).
+  Both give identical outputs and gradients.
   """
   if resolve_impl(impl) == 'xla':
     return nn.max_pool(x, (window, window), (stride, stride), padding='SAME')
   n, h, w, c = x.shape
-  out_h, out_w = -(-h // stride), -(-w // stride)
-  pad_h = max((out_h - 1) * stride + window - h, 0)
-  pad_w = max((out_w - 1) * stride + window - w, 0)
-  xp = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2),
-                   (0, 0)), constant_values=-jnp.inf)
-  y = None
-  for i in range(window):
-    for j in range(window):
-      s = jax.lax.slice(xp, (0, i, j, 0),
-                        (n, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
-                        (1, stride, stride, 1))
-      y = s if y is None else jnp.maximum(y, s)
-  return y
+  ph, pw = _same_pads(h, window, stride), _same_pads(w, window, stride)
+  xp = jnp.pad(x, ((0, 0), ph, pw, (0, 0)), constant_values=-jnp.inf)
+  return _max_pool(xp, window, stride, (-(-h // stride), -(-w // stride)))
 
 
 class DepthwiseConv(nn.Module):
@@ -107,9 +186,11 @@ class DepthwiseConv(nn.Module):
   strides: int = 1
   use_bias: bool = False
   impl: str = 'auto'
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    x = x.astype(self.dtype)
     c = x.shape[-1]
     k = self.kernel_size
     kernel = self.param('kernel', default_kernel_init, (k, k, 1, c)).astype(x.dtype)
@@ -124,6 +205,36 @@ class DepthwiseConv(nn.Module):
     return y
 
 
+class Conv(nn.Module):
+  """nn.Conv without bias (same parameter 'kernel'); 2-D kernels run as im2col + matmul
+  under impl 'matmul' (see `conv2d_im2col`), others through `lax.conv`."""
+  features: int
+  kernel_size: Sequence[int] = (3, 3)
+  strides: Sequence[int] | int = 1
+  padding: Any = 'SAME'
+  impl: str = 'xla'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    ks = tuple(self.kernel_size)
+    if len(ks) != 2 or resolve_impl(self.impl) == 'xla':
+      return self._xla(x, ks)
+    kernel = self.param('kernel', default_kernel_init, ks + (x.shape[-1], self.features))
+    return conv2d_im2col(x.astype(self.dtype), kernel.astype(self.dtype), self.strides,
+                         self.padding)
+
+  def _xla(self, x, ks):
+    kernel = self.param('kernel', default_kernel_init, ks + (x.shape[-1], self.features))
+    strides = (self.strides,) * len(ks) if isinstance(self.strides, int) else tuple(self.strides)
+    padding = self.padding if isinstance(self.padding, str) else tuple(
+        tuple(p) for p in self.padding)
+    spatial = 'HW'[:len(ks)] if len(ks) <= 2 else 'DHW'
+    dn = ('N' + spatial + 'C', spatial + 'IO', 'N' + spatial + 'C')
+    return jax.lax.conv_general_dilated(x.astype(self.dtype), kernel.astype(self.dtype),
+                                        strides, padding, dimension_numbers=dn)
+
+
 class ConvBNAct(nn.Module):
   """Conv (any kernel) -> BatchNorm -> activation, for NHWC or NWC inputs."""
   features: int
@@ -131,14 +242,16 @@ class ConvBNAct(nn.Module):
   strides: Sequence[int] | int = 1
   padding: Any = 'SAME'
   act: Optional[Callable] = nn.relu
+  impl: str = 'xla'
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool, mask: Optional[Array] = None) -> Array:
-    # `mask` (broadcastable to the output, 1 = real) keeps padding out of the
-    # train-mode batch statistics.
-    x = nn.Conv(self.features, tuple(self.kernel_size), strides=self.strides,
-                padding=self.padding, use_bias=False, dtype=self.dtype)(x)
+    # Named like the nn.Conv this replaced so checkpoints keep loading. `mask`
+    # (broadcastable to the output, 1 = real) keeps padding out of the train-mode
+    # batch statistics.
+    x = Conv(self.features, tuple(self.kernel_size), self.strides, self.padding,
+             impl=self.impl, dtype=self.dtype, name='Conv_0')(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(
         x, mask=None if mask is None else jnp.broadcast_to(mask > 0, x.shape))
     return self.act(x) if self.act is not None else x
@@ -153,7 +266,7 @@ class PointwiseBNAct(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
-    x = PointwiseConv(self.features, use_bias=False, impl=self.impl)(x)
+    x = PointwiseConv(self.features, use_bias=False, impl=self.impl, dtype=self.dtype)(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
     return nn.relu(x) if self.act else x
 
@@ -171,7 +284,7 @@ class InvertedResidual(nn.Module):
   def __call__(self, x: Array, train: bool) -> Array:
     cin = x.shape[-1]
     h = PointwiseBNAct(cin * self.expansion, impl=self.impl, dtype=self.dtype)(x, train)
-    h = DepthwiseConv(self.kernel_size, self.strides, impl=self.impl)(h)
+    h = DepthwiseConv(self.kernel_size, self.strides, impl=self.impl, dtype=self.dtype)(h)
     h = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(h))
     h = PointwiseBNAct(self.features, act=False, impl=self.impl, dtype=self.dtype)(h, train)
     if self.strides == 1 and cin == self.features:
