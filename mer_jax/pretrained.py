@@ -324,7 +324,7 @@ def restore_workdir_variables(workdir: str, checkpoint: str = 'best') -> dict:
   if not os.path.isdir(root):
     raise FileNotFoundError(f'model_init (workdir): no {checkpoint!r} checkpoints at {root}')
   mngr = ocp.CheckpointManager(root, item_names=('state', 'meta'),
-                               options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+                               options=ocp.CheckpointManagerOptions(create=False))
   try:
     step = mngr.latest_step()
     if step is None:
