@@ -7,13 +7,14 @@ the result has the configured subtrees replaced. A config entry has the fields
   path           the .pth/.npz file, or the run directory of a trained mer_jax model
   target         '/'-separated scope receiving the weights; '' = the kind's default
                  ('resnet' for torchvision_resnet18, 'frame_encoder/backbone' for
-                 efficientface), '/' = the model root. Not used by 'workdir'.
+                 efficientface), '/' = the model root. Not used by 'workdir'
+                 (fields that do not apply to a kind must be empty).
   checkpoint     'best' | 'latest' (workdir): which of WORKDIR/checkpoints/{best,latest}
   strict         True: every key of the target must come from the source, every
                  source key must land, shapes must agree; otherwise the error lists
                  them. False: copies what matches and logs the rest.
-  exclude        source key prefixes dropped before matching; None = the kind's
-                 default ('fc.', the pretraining classifier, for the .pth kinds)
+  exclude        (.pth kinds) torch key prefixes dropped before matching; None = the
+                 default ('fc.', the pretraining classifier); [] drops nothing
   source_scopes  (workdir) scopes of the trained model to copy; fnmatch patterns
                  ('face_*') expand over its top-level scopes; default: all of them
   target_scopes  (workdir) where each source scope goes; default: the same names
@@ -377,6 +378,11 @@ def apply_init(init_cfg, variables: Mapping) -> dict:
     kind = str(_get(entry, 'kind', ''))
     if kind not in KINDS:
       raise ValueError(f'model_init kind must be one of {KINDS}, got {kind!r}')
+    # Fields that do not apply to the kind must stay empty rather than be ignored.
+    unused = (('target', 'exclude') if kind == 'workdir' else ('source_scopes', 'target_scopes'))
+    set_fields = [f for f in unused if _get(entry, f, None) not in (None, '', (), [])]
+    if set_fields:
+      raise ValueError(f'model_init kind {kind!r} does not use {set_fields}')
     if kind == 'workdir':
       out = _init_from_workdir(entry, out)
     else:

@@ -433,6 +433,11 @@ def test_config_errors(tmp_path, avt_vars):
     pretrained.apply_init({'kind': 'efficientface', 'trget': 'x'}, avt_vars)
   with pytest.raises(FileNotFoundError, match='nowhere.pth'):
     pretrained.apply_init({'kind': 'efficientface', 'path': str(tmp_path / 'nowhere.pth')}, avt_vars)
+  with pytest.raises(ValueError, match=r"'workdir' does not use \['target'\]"):
+    pretrained.apply_init({'kind': 'workdir', 'path': str(tmp_path), 'target': 'x'}, avt_vars)
+  with pytest.raises(ValueError, match=r"does not use \['source_scopes'\]"):
+    pretrained.apply_init({'kind': 'efficientface', 'path': 'x.pth', 'source_scopes': ['a']},
+                          avt_vars)
   bad = tmp_path / 'bad.pth'
   bad.write_bytes(b'not a checkpoint')
   with pytest.raises(ValueError, match='bad.pth'):

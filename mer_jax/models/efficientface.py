@@ -160,6 +160,11 @@ class EfficientFace(nn.Module):
     if len(self.stages_repeats) != 3 or len(self.stages_out_channels) != 5:
       raise ValueError('EfficientFace needs 3 stage repeats and 5 channel widths, got '
                        f'{self.stages_repeats} and {self.stages_out_channels}')
+    if x.shape[1] % 16 or x.shape[2] % 16:
+      # The local branch (2x2 patches of the stride-4 map, each halved) must meet
+      # stage2's output size, which holds for multiples of 16 (224 in the paper).
+      raise ValueError(f'EfficientFace needs frame sides that are multiples of 16, '
+                       f'got {x.shape[1]}x{x.shape[2]}')
     ch = self.stages_out_channels
     x = layers.ConvBNAct(ch[0], (3, 3), strides=2, padding=((1, 1), (1, 1)), name='conv1')(x, train)
     x = torch_stride2(lambda h: layers.max_pool_2d(h, 3, 2, impl=self.impl), x, fill=-jnp.inf)
