@@ -145,6 +145,7 @@ class ATTSFNet(nn.Module):
   frame_stage_features: Sequence[int] = (116, 232)
   frame_expansion: int = 2
   local_grid: int = 2
+  frame_arch: str = 'compact'  # 'efficientface': the published backbone (loads its .pth)
   frame_dim: int = 128
   video_kernel: int = 3
   use_sab: bool = True
@@ -205,7 +206,8 @@ class ATTSFNet(nn.Module):
     if video.ndim == 5:
       frame_enc = encoders.EfficientFrameEncoder(
           self.frame_stem_features, self.frame_stage_features, self.frame_expansion,
-          self.local_grid, self.frame_dim, impl=self.impl, name='frame_encoder')
+          self.local_grid, self.frame_dim, impl=self.impl, arch=self.frame_arch,
+          name='frame_encoder')
       v = encoders.encode_frames(frame_enc, video, train)
     else:
       v = video.astype(jnp.float32)

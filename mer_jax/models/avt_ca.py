@@ -50,6 +50,7 @@ class AVTCA(nn.Module):
   frame_stage_features: Sequence[int] = (116, 232)
   frame_expansion: int = 2
   local_grid: int = 2
+  frame_arch: str = 'compact'  # 'efficientface': the published backbone (loads its .pth)
   use_intermediate_transformer: bool = True
   it_heads: int = 4
   use_cross_attention: bool = True
@@ -75,7 +76,7 @@ class AVTCA(nn.Module):
     a = nn.Dense(d, name='audio_proj')(a)
     frame_enc = encoders.EfficientFrameEncoder(
         self.frame_stem_features, self.frame_stage_features, self.frame_expansion,
-        self.local_grid, d, impl=self.impl, name='frame_encoder')
+        self.local_grid, d, impl=self.impl, arch=self.frame_arch, name='frame_encoder')
     v = encoders.encode_frames(frame_enc, video, train)
     v_valid = bc.time_valid(batch, 'video')
     a = a + self.param('audio_pos', nn.initializers.normal(0.02), (self.max_len, d))[: a.shape[1]]

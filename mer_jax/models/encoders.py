@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mer_jax.models import layers
+from mer_jax.models import efficientface, layers
 
 Array = jax.Array
 
@@ -146,6 +146,9 @@ class EfficientFrameEncoder(nn.Module):
 
   Conv stem -> MaxPool -> channel x spatial attention -> + local features ->
   two inverted residual blocks -> global average pool -> Dense(out_dim).
+  arch='efficientface' is the published EfficientFace instead (models/efficientface.py,
+  1024-d pooled features -> Dense 'proj'), so its pretrained .pth loads exactly; the
+  other fields then do not apply.
   Input u8 or f32 [N, H, W, 3]; output [N, out_dim].
   """
   stem_features: int = 29
@@ -154,10 +157,16 @@ class EfficientFrameEncoder(nn.Module):
   local_grid: int = 2
   out_dim: int = 128
   impl: str = 'auto'
+  arch: str = 'compact'  # 'compact' | 'efficientface'
 
   @nn.compact
   def __call__(self, frames: Array, train: bool) -> Array:
     x = layers.normalize_frames(frames) if frames.dtype == jnp.uint8 else frames
+    if self.arch == 'efficientface':
+      x = efficientface.EfficientFace(impl=self.impl, name='backbone')(x, train)
+      return nn.Dense(self.out_dim, name='proj')(x)
+    if self.arch != 'compact':
+      raise ValueError(f"arch must be 'compact' or 'efficientface', got {self.arch!r}")
     x = layers.ConvBNAct(self.stem_features, (3, 3), strides=2)(x, train)
     x = layers.max_pool_2d(x, 3, 2, impl=self.impl)
     att = ChannelSpatialAttention(impl=self.impl)(x)
