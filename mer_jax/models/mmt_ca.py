@@ -23,6 +23,13 @@ Choices where the paper is silent: d_model 128, 2 layers per encoder, 4 heads,
 d_ff 4d, dropout 0.1, mean pooling over time, and the face CNN (3x3 conv blocks
 with BN, ReLU and 2x2 max-pool; the paper names only "a CNN" over OpenCV face
 crops; landmarks are a preprocessing step and not part of this module).
+Audio input options (not in the paper; the defaults are its model): raw
+MFCC magnitudes reach hundreds, so `audio_input_norm` standardises them
+('utterance': each clip's features over its valid steps; 'batchnorm': a
+learned global standardisation that keeps clip-level loudness and timbre);
+`audio_conv_channels` puts Conv1D-BN-ReLU + 2x max-pool blocks before the
+projection (shorter sequences, local spectral patterns); `audio_mask_time` /
+`audio_mask_freq` are SpecAugment widths applied after normalisation in training.
 Parameter names of the two branches do not depend on `head`, so a face model
 trained with head='face' and an audio model trained with head='audio' restore
 into the fused model.
@@ -51,6 +58,25 @@ def _masked_mean(x: Array, valid: Array, present: Array) -> Array:
   return layers.masked_mean(x, valid) * present[:, None]
 
 
+def _spec_mask(x: Array, rng, time_width: int, freq_width: int) -> Array:
+  """Zeroes 2 random time spans (<= time_width) and 1 feature band (<= freq_width) per clip."""
+  b, t, f = x.shape
+  keys = jax.random.split(rng, 6)
+  keep = jnp.ones((b, t, f), x.dtype)
+  if time_width:
+    idx = jnp.arange(t)[None, :]
+    for k in range(2):
+      w = jax.random.randint(keys[2 * k], (b, 1), 0, time_width + 1)
+      s = jax.random.randint(keys[2 * k + 1], (b, 1), 0, jnp.maximum(t - w, 1))
+      keep = keep * (~((idx >= s) & (idx < s + w)))[:, :, None].astype(x.dtype)
+  if freq_width:
+    idx = jnp.arange(f)[None, :]
+    w = jax.random.randint(keys[4], (b, 1), 0, freq_width + 1)
+    s = jax.random.randint(keys[5], (b, 1), 0, jnp.maximum(f - w, 1))
+    keep = keep * (~((idx >= s) & (idx < s + w)))[:, None, :].astype(x.dtype)
+  return x * keep
+
+
 class MMTCA(nn.Module):
   num_classes: int
   head: str = 'fused'  # 'audio' | 'face' | 'fused'
@@ -66,14 +92,39 @@ class MMTCA(nn.Module):
   face_convs_per_block: int = 1
   face_stem_stride: int = 1
   head_dropout: float = 0.1
+  audio_input_norm: str = 'none'  # 'none' | 'utterance' | 'batchnorm'
+  audio_conv_channels: Sequence[int] = ()
+  audio_mask_time: int = 0  # max width (steps) of each of 2 time masks
+  audio_mask_freq: int = 0  # max width (features) of 1 feature mask
 
   def _audio(self, batch, train):
     """-> (sequence [B, T, d], valid [B, T])."""
+    x = batch['audio'].astype(jnp.float32)
+    valid = bc.time_valid(batch, 'audio')
+    if self.audio_input_norm == 'utterance':
+      v = valid[..., None]
+      n = jnp.maximum(v.sum(1, keepdims=True), 1.0)
+      mean = (x * v).sum(1, keepdims=True) / n
+      std = jnp.sqrt(((x - mean) ** 2 * v).sum(1, keepdims=True) / n + 1e-5)
+      x = (x - mean) / std * v
+    elif self.audio_input_norm == 'batchnorm':
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name='audio_input_bn')(
+          x, mask=jnp.broadcast_to(valid[..., None] > 0, x.shape))
+    elif self.audio_input_norm != 'none':
+      raise ValueError(f"audio_input_norm must be 'none', 'utterance' or 'batchnorm', "
+                       f'got {self.audio_input_norm!r}')
+    if train and (self.audio_mask_time or self.audio_mask_freq):
+      x = _spec_mask(x, self.make_rng('dropout'), self.audio_mask_time, self.audio_mask_freq)
+    for i, c in enumerate(self.audio_conv_channels):
+      x = layers.ConvBNAct(c, kernel_size=(5,), name=f'audio_conv_{i}')(
+          x * valid[..., None], train, mask=valid[..., None])
+      x = nn.max_pool(x, (2,), strides=(2,), padding='SAME')
+      valid = encoders.pool_valid(valid, 2)
+      x = x * valid[..., None]
     enc = encoders.SequenceTransformerEncoder(
         self.d_model, self.audio_layers, self.num_heads, self.d_ff_ratio * self.d_model,
         self.dropout_rate, name='audio_encoder')
-    valid = bc.time_valid(batch, 'audio')
-    return enc(batch['audio'], train, mask=valid), valid
+    return enc(x, train, mask=valid), valid
 
   def _face(self, batch, train):
     """-> (sequence [B, T, d], valid [B, T]); a single image is one valid step."""

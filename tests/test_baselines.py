@@ -1,0 +1,60 @@
+"""Classical baselines: features from real wavs, folds, selection blind to the test actor."""
+
+import os
+
+import numpy as np
+import pytest
+
+from data_pipelines import folds
+from experiments import baselines
+
+RAVDESS = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'ravdess')
+
+
+@pytest.mark.skipif(not os.path.isdir(RAVDESS), reason='RAVDESS sample data absent')
+def test_features_of_two_real_wavs():
+  import soundfile as sf
+  items = baselines.list_wavs(RAVDESS)
+  neutral = next(it for it in items if it[2] == 0)
+  angry = next(it for it in items if it[2] == 4 and it[1] == neutral[1])
+  feats = []
+  for path, _, _ in (neutral, angry):
+    wave, sr = sf.read(path, dtype='float32')
+    x, names = baselines.utterance_features(wave, sr)
+    assert x.shape == (len(names),) and len(set(names)) == len(names)
+    assert np.all(np.isfinite(x))
+    feats.append(dict(zip(names, x)))
+  # Speech is mostly voiced at a plausible pitch (log2 Hz of 65..600 Hz).
+  for f in feats:
+    assert f['f0_voiced_frac'] > 0.2
+    assert np.log2(65) < f['f0_log_mean'] < np.log2(600)
+  # The same actor speaks angry louder and higher than neutral.
+  assert feats[1]['rms_db_p90'] > feats[0]['rms_db_p90'] - 3.0
+  assert feats[1]['f0_log_mean'] > feats[0]['f0_log_mean']
+
+
+def test_folds_match_the_deep_model_folds():
+  actors = np.repeat([1, 2, 3, 4], 5)
+  chunks = folds.assign_groups([1, 2, 3, 4], 4)
+  for f in baselines.loao_folds(actors):
+    i = f['index']
+    assert f['test'] == chunks[i] and f['validation'] == chunks[(i + 1) % 4]
+    assert sorted(f['train'] + f['validation'] + f['test']) == [1, 2, 3, 4]
+    assert not set(f['test']) & (set(f['train']) | set(f['validation']))
+
+
+@pytest.mark.parametrize('protocol', ['val', 'inner'])
+@pytest.mark.parametrize('kind', ['lr', 'svm'])
+def test_selection_never_reads_the_test_actor(kind, protocol):
+  rng = np.random.RandomState(0)
+  actors = np.repeat([1, 2, 3, 4], 16)
+  y = np.tile(np.arange(8), 8)
+  x = rng.randn(len(y), 6) + y[:, None] * 0.5
+  fold = baselines.loao_folds(actors)[2]
+  # Any use of the test rows (scaling, fitting or scoring) fails on NaN.
+  x[np.isin(actors, fold['test'])] = np.nan
+  fit = fold['train'] if protocol == 'val' else fold['train'] + fold['validation']
+  params, score = baselines.select(kind, x, y, actors, fit, protocol,
+                                   fold['validation'] if protocol == 'val' else ())
+  assert params in baselines._grid(kind)
+  assert score > 1 / 8  # the classes are separable along every feature
