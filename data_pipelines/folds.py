@@ -28,6 +28,10 @@ string) and optionally by defining
   def fold_groups(self, groups: list, num_folds: int) -> list[list]
 to fix the assignment (e.g. IEMOCAP's five sessions as five folds). By
 default the sorted group ids are cut into k contiguous, near-equal chunks.
+
+Datasets built with augmented training copies (feature 'copy_index' > 0, see
+builder_lib.build_splits) keep the copies only in the fold's training subset;
+validation and test hold originals only.
 """
 
 from __future__ import annotations
@@ -55,15 +59,29 @@ def _as_python(x):
   return x.decode() if isinstance(x, bytes) else x
 
 
-def group_counts(builder, source_splits: str, group_key: str) -> dict:
-  """{group id: number of examples} over `source_splits`, decoding only the group feature."""
+COPY_KEY = 'copy_index'
+
+
+def has_copies(builder) -> bool:
+  return COPY_KEY in builder.info.features
+
+
+def group_counts(builder, source_splits: str, group_key: str,
+                 originals_only: bool = False) -> dict:
+  """{group id: number of examples} over `source_splits`, decoding only the group feature.
+
+  `originals_only` leaves out augmented copies (copy_index > 0).
+  """
   import tensorflow_datasets as tfds
   if group_key not in builder.info.features:
     raise KeyError(f'{builder.name} has no feature {group_key!r} to fold on; features: '
                    f'{sorted(builder.info.features.keys())}')
+  copies = originals_only and has_copies(builder)
+  wanted = {group_key: True, **({COPY_KEY: True} if copies else {})}
   ds = builder.as_dataset(split=source_splits, shuffle_files=False,
-                          decoders=tfds.decode.PartialDecoding({group_key: True}))
-  counts = collections.Counter(_as_python(ex[group_key]) for ex in tfds.as_numpy(ds))
+                          decoders=tfds.decode.PartialDecoding(wanted))
+  counts = collections.Counter(_as_python(ex[group_key]) for ex in tfds.as_numpy(ds)
+                               if not copies or int(ex[COPY_KEY]) == 0)
   return dict(sorted(counts.items()))
 
 
@@ -99,6 +117,8 @@ def make_plan(builder, fold: dict) -> FoldPlan:
   key = fold.get('group_key') or getattr(builder, 'FOLD_GROUP_KEY', '') or 'speaker'
   source = fold.get('source_splits') or 'all'
   counts = group_counts(builder, source, key)
+  originals = group_counts(builder, source, key, originals_only=True) \
+      if has_copies(builder) else counts
   groups = list(counts)
   custom = getattr(builder, 'fold_groups', None)
   chunks = custom(groups, k) if callable(custom) else assign_groups(groups, k)
@@ -119,9 +139,11 @@ def make_plan(builder, fold: dict) -> FoldPlan:
       raise ValueError(f'val_groups={val_groups} leaves no training groups')
     validation = rest[:val_groups]
   train = [g for g in rest if g not in validation]
-  n = lambda gs: int(sum(counts[g] for g in gs))
+  n = lambda gs, c=counts: int(sum(c.get(g, 0) for g in gs))
+  # Augmented copies train only: held-out subsets count originals.
   return FoldPlan(key, source, index, k, train, validation, test,
-                  {'train': n(train), 'validation': n(validation), 'test': n(test)})
+                  {'train': n(train), 'validation': n(validation, originals),
+                   'test': n(test, originals)})
 
 
 class _SplitInfo:
@@ -162,6 +184,7 @@ class FoldedBuilder:
     self.fold_plan = plan
     # config split name ('train', 'validation', ...) -> list of groups
     self._groups = {name: getattr(plan, subset) for name, subset in split_names.items()}
+    self._held_out = {name for name, subset in split_names.items() if subset != 'train'}
     self.info = _FoldedInfo(builder.info, {name: plan.counts[subset]
                                            for name, subset in split_names.items()})
 
@@ -178,9 +201,14 @@ class FoldedBuilder:
     spec = ds.element_spec[key]
     wanted = tf.constant(groups, dtype=tf.string if spec.dtype == tf.string else tf.int64)
 
+    drop_copies = split in self._held_out and COPY_KEY in ds.element_spec
+
     def keep(ex):
       value = ex[key] if spec.dtype == tf.string else tf.cast(ex[key], tf.int64)
-      return tf.reduce_any(tf.equal(value, wanted))
+      ok = tf.reduce_any(tf.equal(value, wanted))
+      if drop_copies:  # copies of held-out examples would leak augmented test data
+        ok = tf.logical_and(ok, tf.equal(tf.cast(ex[COPY_KEY], tf.int64), 0))
+      return ok
     return ds.filter(keep)
 
 
