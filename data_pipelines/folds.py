@@ -33,6 +33,10 @@ string) and optionally by defining
   def fold_groups(self, groups: list, num_folds: int) -> list[list]
 to fix the assignment (e.g. IEMOCAP's five sessions as five folds). By
 default the sorted group ids are cut into k contiguous, near-equal chunks.
+
+Datasets built with augmented training copies (feature 'copy_index' > 0, see
+builder_lib.build_splits) keep the copies only in the fold's training subset;
+validation and test hold originals only.
 """
 
 from __future__ import annotations
@@ -60,22 +64,35 @@ def _as_python(x):
   return x.decode() if isinstance(x, bytes) else x
 
 
-def group_counts(builder, source_splits: str, group_key: str, second_key: str = '') -> dict:
+COPY_KEY = 'copy_index'
+
+
+def has_copies(builder) -> bool:
+  return COPY_KEY in builder.info.features
+
+
+def group_counts(builder, source_splits: str, group_key: str, second_key: str = '',
+                 originals_only: bool = False) -> dict:
   """{group id: number of examples} over `source_splits`, decoding only the group
-  feature(s); with `second_key`, keys are (group id, second id) pairs."""
+  feature(s); with `second_key`, keys are (group id, second id) pairs.
+  `originals_only` leaves out augmented copies (copy_index > 0).
+  """
   import tensorflow_datasets as tfds
   keys = [k for k in (group_key, second_key) if k]
   for k in keys:
     if k not in builder.info.features:
       raise KeyError(f'{builder.name} has no feature {k!r} to fold on; features: '
                      f'{sorted(builder.info.features.keys())}')
+  copies = originals_only and has_copies(builder)
+  wanted = {**{k: True for k in keys}, **({COPY_KEY: True} if copies else {})}
   ds = builder.as_dataset(split=source_splits, shuffle_files=False,
-                          decoders=tfds.decode.PartialDecoding({k: True for k in keys}))
+                          decoders=tfds.decode.PartialDecoding(wanted))
+  examples = (ex for ex in tfds.as_numpy(ds) if not copies or int(ex[COPY_KEY]) == 0)
   if second_key:
     counts = collections.Counter((_as_python(ex[group_key]), _as_python(ex[second_key]))
-                                 for ex in tfds.as_numpy(ds))
+                                 for ex in examples)
   else:
-    counts = collections.Counter(_as_python(ex[group_key]) for ex in tfds.as_numpy(ds))
+    counts = collections.Counter(_as_python(ex[group_key]) for ex in examples)
   return dict(sorted(counts.items()))
 
 
@@ -113,6 +130,8 @@ def make_plan(builder, fold: dict) -> FoldPlan:
   key = fold.get('group_key') or getattr(builder, 'FOLD_GROUP_KEY', '') or 'speaker'
   source = fold.get('source_splits') or 'all'
   counts = group_counts(builder, source, key)
+  originals = group_counts(builder, source, key, originals_only=True) \
+      if has_copies(builder) else counts
   groups = list(counts)
   custom = getattr(builder, 'fold_groups', None)
   chunks = custom(groups, k) if callable(custom) else assign_groups(groups, k)
@@ -136,9 +155,11 @@ def make_plan(builder, fold: dict) -> FoldPlan:
       raise ValueError(f'val_groups={val_groups} leaves no training groups')
     validation = rest[:val_groups]
   train = [g for g in rest if g not in validation]
-  n = lambda gs: int(sum(counts[g] for g in gs))
+  n = lambda gs, c=counts: int(sum(c.get(g, 0) for g in gs))
+  # Augmented copies train only: held-out subsets count originals.
   return FoldPlan(key, source, index, k, train, validation, test,
-                  {'train': n(train), 'validation': n(validation), 'test': n(test)})
+                  {'train': n(train), 'validation': n(validation, originals),
+                   'test': n(test, originals)})
 
 
 def _plan_with_val_key(builder, key, source, index, k, test, rest, val_key, val_groups):
@@ -146,6 +167,8 @@ def _plan_with_val_key(builder, key, source, index, k, test, rest, val_key, val_
   if val_groups <= 0:
     raise ValueError(f'val_key={val_key!r} needs val_groups > 0')
   pairs = group_counts(builder, source, key, val_key)
+  originals = group_counts(builder, source, key, val_key, originals_only=True) \
+      if has_copies(builder) else pairs
   in_test = {v for (g, v) in pairs if g in test}
   candidates = sorted({v for (g, v) in pairs if g in rest} - in_test)
   if val_groups >= len(candidates):
@@ -153,10 +176,11 @@ def _plan_with_val_key(builder, key, source, index, k, test, rest, val_key, val_
                      f'({len(candidates)} candidates)')
   picks = np.unique(np.round(np.linspace(0, len(candidates) - 1, val_groups)).astype(int))
   val_values = [candidates[i] for i in picks]
-  n = lambda pred: int(sum(c for (g, v), c in pairs.items() if pred(g, v)))
+  n = lambda pred, c=pairs: int(sum(x for (g, v), x in c.items() if pred(g, v)))
+  # Augmented copies train only: held-out subsets count originals.
   counts = {'train': n(lambda g, v: g in rest and v not in val_values),
-            'validation': n(lambda g, v: g in rest and v in val_values),
-            'test': n(lambda g, v: g in test)}
+            'validation': n(lambda g, v: g in rest and v in val_values, originals),
+            'test': n(lambda g, v: g in test, originals)}
   return FoldPlan(key, source, index, k, list(rest), list(rest), test, counts, val_key,
                   val_values)
 
@@ -200,6 +224,7 @@ class FoldedBuilder:
     # config split name ('train', 'validation', ...) -> list of groups
     self._groups = {name: getattr(plan, subset) for name, subset in split_names.items()}
     self._subset = dict(split_names)
+    self._held_out = {name for name, subset in split_names.items() if subset != 'train'}
     self.info = _FoldedInfo(builder.info, {name: plan.counts[subset]
                                            for name, subset in split_names.items()})
 
@@ -213,6 +238,8 @@ class FoldedBuilder:
     plan = self.fold_plan
     ds = self._builder.as_dataset(split=plan.source_splits, **kwargs)
 
+    drop_copies = split in self._held_out and COPY_KEY in ds.element_spec
+
     def member(ex, key, values):
       spec = ds.element_spec[key]
       wanted = tf.constant(values, dtype=tf.string if spec.dtype == tf.string else tf.int64)
@@ -221,12 +248,16 @@ class FoldedBuilder:
 
     groups = self._groups[split]
     subset = self._subset[split]
-    if not plan.val_key or subset == 'test':
-      return ds.filter(lambda ex: member(ex, plan.group_key, groups))
-    in_val = subset == 'validation'
-    return ds.filter(lambda ex: tf.logical_and(
-        member(ex, plan.group_key, groups),
-        tf.equal(member(ex, plan.val_key, plan.val_values), in_val)))
+
+    def keep(ex):
+      ok = member(ex, plan.group_key, groups)
+      if plan.val_key and subset != 'test':
+        ok = tf.logical_and(ok, tf.equal(member(ex, plan.val_key, plan.val_values),
+                                         subset == 'validation'))
+      if drop_copies:  # copies of held-out examples would leak augmented test data
+        ok = tf.logical_and(ok, tf.equal(tf.cast(ex[COPY_KEY], tf.int64), 0))
+      return ok
+    return ds.filter(keep)
 
 
 def wrap(builder, dataset_cfg) -> Any:

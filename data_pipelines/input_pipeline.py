@@ -4,6 +4,9 @@ Training: per-epoch deterministic shuffle (seeded by seed and epoch), stateless
 augmentation keyed by (seed, epoch, position), batches of the per-process
 batch size with the remainder dropped, and `skip_batches` to resume mid-epoch
 on exactly the batches an uninterrupted run would have seen.
+Per-utterance normalisation (`audio_norm='utterance'`) applies to training
+and evaluation alike; augmentation (the `augment` dict, see `AUGMENT_KEYS`)
+and mixup only to training.
 Evaluation: every example exactly once; the last batch is padded with zero
 examples whose 'valid' is 0, and every process yields the same number of
 batches so multi-host evaluation stays in lock-step.
@@ -24,6 +27,24 @@ from mer_jax.contract import logger as logging
 
 _CONTRACT_KEYS = ('audio', 'video', 'text', 'physio', 'label', 'soft_label')
 
+# Training augmentation options (config.input.augment); every one off by default.
+AUGMENT_KEYS = {
+    'video_hflip': 'bool: flip the clip horizontally with probability 1/2',
+    'video_crop_pad': 'int: pad each side by this many pixels (symmetric), crop back at a '
+                      'random offset',
+    'video_brightness': 'float b: add U(-b, b) * 255 to every pixel of the clip',
+    'video_contrast': 'float c: scale the clip about its mean by U(1 - c, 1 + c)',
+    'video_rotate': 'float degrees d: rotate the clip by U(-d, d) degrees (reflect fill)',
+    'audio_noise_std': 'float: add Gaussian noise of this std to the audio features',
+    'audio_time_mask': 'int W: SpecAugment time masks of width U{0..W} (within valid steps)',
+    'audio_time_masks': 'int: how many time masks (default 1 when audio_time_mask > 0)',
+    'audio_freq_mask': 'int F: SpecAugment frequency masks of width U{0..F} coefficients',
+    'audio_freq_masks': 'int: how many frequency masks (default 1 when audio_freq_mask > 0)',
+    'mixup_alpha': 'float a > 0: mixup of whole batches with lambda ~ Beta(a, a) per batch; '
+                   'adds label_b, mix_lambda (and soft_label_b) to the batch',
+}
+AUDIO_NORMS = ('none', 'utterance')
+
 
 def _tf():
   import tensorflow as tf
@@ -41,7 +62,9 @@ def get_builder(dataset_cfg, build_if_missing: bool = True):
   import data_pipelines.registry  # noqa: F401  (registers the builders)
   _tf()
   data_dir = os.path.expanduser(dataset_cfg.data_dir) if dataset_cfg.get('data_dir') else None
-  builder = tfds.builder(dataset_cfg.name, data_dir=data_dir)
+  copies = int(dataset_cfg.get('train_augment_copies', 0) or 0)
+  make = lambda: _make_builder(dataset_cfg.name, data_dir, copies)
+  builder = make()
   if not builder.is_prepared():
     if not build_if_missing:
       raise FileNotFoundError(
@@ -57,8 +80,30 @@ def get_builder(dataset_cfg, build_if_missing: bool = True):
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices(f'built {dataset_cfg.name}')
-      builder = tfds.builder(dataset_cfg.name, data_dir=data_dir)
+      builder = make()
   return builder
+
+
+def _make_builder(name: str, data_dir, train_augment_copies: int = 0):
+  """tfds.builder(name), or its variant '<config>_aug<K>' with K augmented
+  copies of every training example (its own folder: the copies are built in)."""
+  import dataclasses
+  import tensorflow_datasets as tfds
+  if not train_augment_copies:
+    return tfds.builder(name, data_dir=data_dir)
+  base, _, config_name = name.partition('/')
+  cls = tfds.builder_cls(base)
+  configs = {c.name: c for c in cls.BUILDER_CONFIGS}
+  config_name = config_name or cls.DEFAULT_CONFIG_NAME
+  if config_name not in configs:
+    raise ValueError(f'dataset {name!r}: unknown config {config_name!r}; known: {sorted(configs)}')
+  config = configs[config_name]
+  if not hasattr(config, 'train_augment_copies'):
+    raise ValueError(f'dataset {name!r} has no train_augment_copies option (waveform '
+                     'augmentation is built into the audio builders ravdess and crema_d)')
+  variant = dataclasses.replace(config, name=f'{config_name}_aug{train_augment_copies}',
+                                train_augment_copies=int(train_augment_copies))
+  return cls(config=variant, data_dir=data_dir)
 
 
 @dataclasses.dataclass
@@ -190,9 +235,61 @@ def _to_contract(example):
   return out
 
 
+def _normalize_audio(example, mode: str):
+  """'utterance': z-scores each audio coefficient over the example's valid steps."""
+  if mode not in AUDIO_NORMS:
+    raise ValueError(f'audio_norm must be one of {AUDIO_NORMS}, got {mode!r}')
+  if mode == 'none' or 'audio' not in example or len(example['audio'].shape) != 2:
+    return example
+  tf = _tf()
+  out = dict(example)
+  x = tf.cast(example['audio'], tf.float32)
+  v = example.get('audio_valid', tf.ones([tf.shape(x)[0]], tf.float32))[:, None]
+  n = tf.maximum(tf.reduce_sum(v), 1.0)
+  mean = tf.reduce_sum(x * v, axis=0, keepdims=True) / n
+  var = tf.reduce_sum(tf.square(x - mean) * v, axis=0, keepdims=True) / n
+  # Padded steps become 0, the normalised mean; constant coefficients become 0.
+  out['audio'] = (x - mean) * tf.math.rsqrt(var + 1e-6) * v
+  return out
+
+
+def _mask_spans(seed, length, limit, width, count):
+  """bool[length]: True outside `count` spans of width U{0..width} inside [0, limit)."""
+  tf = _tf()
+  idx = tf.range(length)
+  keep = tf.ones([length], tf.bool)
+  for j in range(count):
+    sj = tf.random.experimental.stateless_fold_in(seed, j)
+    w = tf.random.stateless_uniform([], sj, 0, width + 1, dtype=tf.int32)
+    w = tf.minimum(w, limit)
+    start = tf.random.stateless_uniform(
+        [], tf.random.experimental.stateless_fold_in(sj, 1 << 20), 0,
+        tf.maximum(limit - w, 0) + 1, dtype=tf.int32)
+    keep = tf.logical_and(keep, tf.logical_or(idx < start, idx >= start + w))
+  return keep
+
+
+def _rotate(video, radians):
+  """Rotates every frame of f32[T, H, W, C] by `radians` about the centre."""
+  tf = _tf()
+  h = tf.cast(tf.shape(video)[1], tf.float32)
+  w = tf.cast(tf.shape(video)[2], tf.float32)
+  cx, cy = (w - 1) / 2, (h - 1) / 2
+  c, s = tf.cos(radians), tf.sin(radians)
+  # Output pixel (x, y) samples the input at R^-1 (x - cx, y - cy) + centre.
+  transform = tf.stack([c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy, 0.0, 0.0])
+  transforms = tf.tile(transform[None], [tf.shape(video)[0], 1])
+  return tf.raw_ops.ImageProjectiveTransformV3(
+      images=video, transforms=transforms, output_shape=tf.shape(video)[1:3],
+      fill_value=0.0, interpolation='BILINEAR', fill_mode='REFLECT')
+
+
 def _augment(example, seed, aug):
   """Stateless augmentation; `seed` is an int64[2] tensor unique per example."""
   tf = _tf()
+  unknown = set(aug) - set(AUGMENT_KEYS)
+  if unknown:
+    raise ValueError(f'unknown augment options {sorted(unknown)}; known: {sorted(AUGMENT_KEYS)}')
   out = dict(example)
   s = lambda i: tf.random.experimental.stateless_fold_in(seed, i)
   if 'video' in out and out['video'].dtype == tf.uint8:
@@ -206,9 +303,18 @@ def _augment(example, seed, aug):
       padded = tf.pad(video, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode='SYMMETRIC')
       off = tf.random.stateless_uniform([2], s(2), 0, 2 * pad + 1, dtype=tf.int32)
       video = tf.slice(padded, [0, off[0], off[1], 0], [t, h, w, c])
+    degrees = float(aug.get('video_rotate', 0.0))
+    if degrees:
+      angle = tf.random.stateless_uniform([], s(7), -degrees, degrees) * (math.pi / 180.0)
+      video = _rotate(video, angle)
     bright = float(aug.get('video_brightness', 0.0))
     if bright:
       video = video + tf.random.stateless_uniform([], s(3), -bright, bright) * 255.0
+    contrast = float(aug.get('video_contrast', 0.0))
+    if contrast:
+      factor = tf.random.stateless_uniform([], s(8), 1.0 - contrast, 1.0 + contrast)
+      mean = tf.reduce_mean(video)
+      video = (video - mean) * factor + mean
     out['video'] = tf.cast(tf.clip_by_value(tf.round(video), 0, 255), tf.uint8)
   if 'audio' in out:
     audio = out['audio']
@@ -218,31 +324,88 @@ def _augment(example, seed, aug):
     width = int(aug.get('audio_time_mask', 0))
     if width:
       t = tf.shape(audio)[0]
-      w = tf.random.stateless_uniform([], s(5), 0, width + 1, dtype=tf.int32)
-      start = tf.random.stateless_uniform([], s(6), 0, tf.maximum(t - w, 1), dtype=tf.int32)
-      idx = tf.range(t)
-      keep = tf.logical_or(idx < start, idx >= start + w)
+      limit = t
+      if 'audio_valid' in out:  # mask speech, not padding
+        limit = tf.cast(tf.reduce_sum(out['audio_valid']), tf.int32)
+      keep = _mask_spans(s(5), t, limit, width, int(aug.get('audio_time_masks', 1)))
       audio = audio * tf.cast(keep, audio.dtype)[:, None]
+    fwidth = int(aug.get('audio_freq_mask', 0))
+    if fwidth and len(audio.shape) == 2:
+      f = tf.shape(audio)[1]
+      keep = _mask_spans(s(6), f, f, fwidth, int(aug.get('audio_freq_masks', 1)))
+      audio = audio * tf.cast(keep, audio.dtype)[None, :]
     out['audio'] = audio
+  return out
+
+
+def _beta(seed, alpha: float):
+  """One stateless draw of Beta(alpha, alpha) as G1 / (G1 + G2)."""
+  tf = _tf()
+  g = tf.random.stateless_gamma([2], seed, alpha=alpha)
+  total = g[0] + g[1]
+  return tf.where(total > 0, g[0] / tf.maximum(total, 1e-30), 0.5)
+
+
+def _mixup(batch, seed, alpha: float):
+  """Mixes the batch with a permutation of itself: x = lam x + (1 - lam) x[perm].
+
+  Adds 'label_b' (and 'soft_label_b'), the permuted targets, and 'mix_lambda'
+  f32[B] (lam repeated so the batch shards like every other key); the loss
+  is lam CE(label) + (1 - lam) CE(label_b). Masks of mixed modalities are
+  the union of both examples' masks.
+  """
+  tf = _tf()
+  lam = _beta(tf.random.experimental.stateless_fold_in(seed, 100), alpha)
+  b = tf.shape(batch['label'])[0]
+  perm = tf.argsort(tf.random.stateless_uniform(
+      [b], tf.random.experimental.stateless_fold_in(seed, 101)))
+  out = dict(batch)
+  for k, x in batch.items():
+    if k in bc.MODALITIES and (x.dtype.is_floating or x.dtype == tf.uint8):
+      xf = tf.cast(x, tf.float32)
+      mixed = lam * xf + (1.0 - lam) * tf.gather(xf, perm)
+      out[k] = tf.cast(tf.round(mixed), x.dtype) if x.dtype == tf.uint8 else \
+          tf.cast(mixed, x.dtype)
+    elif k == 'mask' or k.endswith('_valid'):
+      out[k] = tf.maximum(x, tf.gather(x, perm))
+  out['label_b'] = tf.gather(batch['label'], perm)
+  if 'soft_label' in batch:
+    out['soft_label_b'] = tf.gather(batch['soft_label'], perm)
+  out['mix_lambda'] = tf.fill([b], tf.cast(lam, tf.float32))
   return out
 
 
 def train_dataset(builder, split: str, batch_size: int, *, seed: int, epoch: int,
                   skip_batches: int = 0, augment=None, shuffle_buffer: int = 4096,
-                  process_index: int = 0, process_count: int = 1):
-  """One epoch of training batches for this process (remainder dropped)."""
+                  process_index: int = 0, process_count: int = 1,
+                  audio_norm: str = 'none'):
+  """One epoch of training batches for this process (remainder dropped).
+
+  augment: dict of AUGMENT_KEYS options (None: no augmentation).
+  audio_norm: 'none' or 'utterance' (must match the evaluation's).
+  """
   tf = _tf()
+  aug = dict(augment or {})
+  unknown = set(aug) - set(AUGMENT_KEYS)
+  if unknown:
+    raise ValueError(f'unknown augment options {sorted(unknown)}; known: {sorted(AUGMENT_KEYS)}')
   split = _process_split(split, process_index, process_count)
   ds = builder.as_dataset(split=split, shuffle_files=False)
   epoch_seed = int(np.random.SeedSequence([seed, epoch, process_index]).generate_state(1)[0])
   ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
-  ds = ds.map(_to_contract, num_parallel_calls=tf.data.AUTOTUNE)
-  if augment:
-    aug = dict(augment)
+  ds = ds.map(lambda ex: _normalize_audio(_to_contract(ex), audio_norm),
+              num_parallel_calls=tf.data.AUTOTUNE)
+  mixup_alpha = float(aug.pop('mixup_alpha', 0.0) or 0.0)
+  if aug:
     ds = ds.enumerate().map(
         lambda i, ex: _augment(ex, tf.stack([tf.constant(epoch_seed, tf.int64), i]), aug),
         num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True)
+  if mixup_alpha:
+    # Keyed by the batch index before `skip`, so a resumed epoch mixes alike.
+    ds = ds.enumerate().map(
+        lambda i, b: _mixup(b, tf.stack([tf.constant(epoch_seed, tf.int64), i]), mixup_alpha),
+        num_parallel_calls=tf.data.AUTOTUNE)
   if skip_batches:
     ds = ds.skip(skip_batches)
   return ds.prefetch(tf.data.AUTOTUNE)
@@ -258,8 +421,11 @@ def steps_per_epoch(builder, split: str, global_batch_size: int) -> int:
 
 
 def eval_dataset(builder, split: str, batch_size: int, *, process_index: int = 0,
-                 process_count: int = 1):
-  """(dataset, num_batches): every example once, padded with valid=0 examples."""
+                 process_count: int = 1, audio_norm: str = 'none'):
+  """(dataset, num_batches): every example once, padded with valid=0 examples.
+
+  Never augmented; `audio_norm` as in training.
+  """
   tf = _tf()
   total = num_examples(builder, split)
   per_process_max = math.ceil(total / process_count)
@@ -267,7 +433,8 @@ def eval_dataset(builder, split: str, batch_size: int, *, process_index: int = 0
   local_split = _process_split(split, process_index, process_count)
   local_n = num_examples(builder, local_split)
   ds = builder.as_dataset(split=local_split, shuffle_files=False)
-  ds = ds.map(_to_contract, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(lambda ex: _normalize_audio(_to_contract(ex), audio_norm),
+              num_parallel_calls=tf.data.AUTOTUNE)
   pad = num_batches * batch_size - local_n
   if pad:
     zero = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)

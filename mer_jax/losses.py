@@ -12,23 +12,43 @@ def weighted_mean(values, weights):
   return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def cross_entropy(logits, batch, label_smoothing: float = 0.0):
-  """Per-example softmax cross-entropy against 'soft_label' if present, else 'label'."""
+def _targets(batch, num_classes, soft_labels, label_key='label', soft_key='soft_label'):
+  if soft_labels:
+    if soft_key not in batch:
+      raise KeyError(f'loss.soft_labels is True but the batch has no {soft_key!r} '
+                     f'(keys: {sorted(batch)}); the dataset stores no label distribution')
+    return batch[soft_key].astype(jnp.float32)
+  return jax.nn.one_hot(batch[label_key], num_classes)
+
+
+def cross_entropy(logits, batch, label_smoothing: float = 0.0, soft_labels: bool = False):
+  """Per-example softmax cross-entropy.
+
+  Targets are one-hot 'label' (the papers' protocol), or 'soft_label' when
+  `soft_labels` (vote distributions of CREMA-D / CMU-MOSEI). A mixup batch
+  ('label_b', 'mix_lambda' f32[B]) gives lam*CE(label) + (1-lam)*CE(label_b),
+  which equals CE against the mixed target because CE is linear in it.
+  """
   num_classes = logits.shape[-1]
-  if 'soft_label' in batch:
-    targets = batch['soft_label'].astype(jnp.float32)
-  else:
-    targets = jax.nn.one_hot(batch['label'], num_classes)
+  targets = _targets(batch, num_classes, soft_labels)
+  if 'label_b' in batch and 'mix_lambda' in batch:
+    lam = batch['mix_lambda'].astype(jnp.float32)[:, None]
+    targets_b = _targets(batch, num_classes, soft_labels, 'label_b', 'soft_label_b')
+    targets = lam * targets + (1.0 - lam) * targets_b
   if label_smoothing:
     targets = optax.smooth_labels(targets, label_smoothing)
   return optax.softmax_cross_entropy(logits, targets)
 
 
 def classification_loss(outputs, batch, loss_config):
-  """Cross-entropy on outputs['logits']; the default loss of every model."""
-  smoothing = loss_config.get('label_smoothing', 0.0) if loss_config else 0.0
+  """Cross-entropy on outputs['logits']; the default loss of every model.
+
+  loss_config.label_smoothing (0), loss_config.soft_labels (False: hard labels).
+  """
+  smoothing = cfg_get(loss_config, 'label_smoothing', 0.0)
+  soft = bool(cfg_get(loss_config, 'soft_labels', False))
   weights = batch.get('valid', jnp.ones_like(batch['label'], jnp.float32))
-  ce = weighted_mean(cross_entropy(outputs['logits'], batch, smoothing), weights)
+  ce = weighted_mean(cross_entropy(outputs['logits'], batch, smoothing, soft), weights)
   return ce, {'ce': ce}
 
 
@@ -40,11 +60,12 @@ def cfg_get(loss_config, name, default):
   return loss_config.get(name, default) if loss_config else default
 
 
-def auxiliary_ce(outputs, batch, key: str, modality: str, smoothing: float = 0.0):
+def auxiliary_ce(outputs, batch, key: str, modality: str, smoothing: float = 0.0,
+                 soft_labels: bool = False):
   """Mean CE of `outputs[key]` over valid examples where `modality` is present."""
   from mer_jax import contract as bc
   weights = valid_weights(batch) * bc.modality_mask(batch, modality)
-  return weighted_mean(cross_entropy(outputs[key], batch, smoothing), weights)
+  return weighted_mean(cross_entropy(outputs[key], batch, smoothing, soft_labels), weights)
 
 
 def gaussian_kl(mu1, var1, mu2, var2, eps: float = 1e-6):

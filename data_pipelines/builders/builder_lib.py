@@ -7,6 +7,11 @@
   bar; each file either yields an example or a skip record with the reason.
 - `SkipReport`: every skipped file with its reason, logged and written as
   `skipped.json` next to the TFRecords.
+- `train_augment_copies` (build_splits `train_copies=K`): K waveform-augmented
+  copies of every training example, made after the split is known so that
+  validation and test never hold any; each example stores 'copy_index'
+  (0 original, 1..K copies) so fold re-splits can drop copies from held-out
+  groups (data_pipelines/folds.py).
 - `assign_units`: the default speaker-independent train/validation/test
   splits by fold unit (actor, subject). Cross-validation folds are chosen at
   training time over the stored group feature (data_pipelines/folds.py), so
@@ -109,6 +114,11 @@ def _call(task):
     return Skip(describe(item), f'{type(e).__name__}: {e}')
 
 
+def _call_indexed(task):
+  index, task = task
+  return index, _call(task)
+
+
 def describe(item) -> str:
   """A short name (the file path) for a work item."""
   if isinstance(item, dict):
@@ -143,30 +153,32 @@ class Skip:
 
 
 def process_files(module: str, func: str, items: Sequence, cfg, desc: str,
-                  report: 'SkipReport', split: str) -> Iterator:
+                  report: 'SkipReport', split: str, indexed: bool = False) -> Iterator:
   """Yields `func(item, cfg)` results (tfds (key, example) pairs), skipping failures.
 
   `module`/`func` name a top-level function by its importable path, so that
   spawned workers can find it whatever name the builder was loaded under.
   The function returns (key, example), None (nothing to write) or a Skip.
+  `indexed` yields (item index, result) pairs instead.
   """
   from tqdm import tqdm
   items = list(items)
   n = min(_num_workers(), len(items)) if items else 1
   cfg = plain_config(cfg)
-  tasks = [(module, func, item, cfg) for item in items]
+  tasks = list(enumerate((module, func, item, cfg) for item in items))
   if n <= 1:
-    results = map(_call, tasks)
+    results = map(_call_indexed, tasks)
   else:
-    results = _pool(_num_workers()).imap_unordered(_call, tasks, chunksize=1)
-  for res in tqdm(results, total=len(tasks), desc=desc, unit='file', mininterval=2.0,
-                  disable=os.environ.get('MER_JAX_NO_PROGRESS') == '1'):
+    results = _pool(_num_workers()).imap_unordered(_call_indexed, tasks, chunksize=1)
+  for index, res in tqdm(results, total=len(tasks), desc=desc, unit='file',
+                         mininterval=2.0,
+                         disable=os.environ.get('MER_JAX_NO_PROGRESS') == '1'):
     if res is None:
       continue
     if isinstance(res, Skip):
       report.add(split, res.path, res.reason)
       continue
-    yield res
+    yield (index, res) if indexed else res
 
 
 class SkipReport:
@@ -220,13 +232,18 @@ def report_generator(gen: Iterable, report: SkipReport, directory_fn: Callable[[
 
 def build_splits(builder, module: str, func: str, items: Sequence, report: SkipReport,
                  unit_fn: Callable[[dict], object], val_frac: float = 0.2,
-                 test_frac: float = 0.2, fixed: Optional[dict] = None) -> dict:
+                 test_frac: float = 0.2, fixed: Optional[dict] = None,
+                 train_copies: int = 0) -> dict:
   """Processes every item, then returns {split: generator} over the survivors.
 
   Examples are cached on disk (under the builder's temporary data folder)
   between the two phases, so memory stays flat. Units (actors, subjects)
   whose files were all skipped get no split share, and TFDS never sees an
   empty split. `fixed` ({split: [units]}) replaces the fractional rule.
+  `train_copies` > 0 adds that many augmented copies of each 'train' example
+  (`func` called on the item with 'copy_index' set; it returns the keys that
+  differ from the original, see `augmented_audio_copy`) and stores
+  'copy_index' in every example.
   """
   import pickle
   import shutil
@@ -235,23 +252,33 @@ def build_splits(builder, module: str, func: str, items: Sequence, report: SkipR
   tf.io.gfile.makedirs(cache_dir)
   by_unit = {}
   name = builder.name + '/' + builder.builder_config.name
+  item_paths = {}  # item index -> cached paths of its examples
   i = 0
-  for result in process_files(module, func, items, builder.builder_config, f'{name} files',
-                              report, 'files'):
+
+  def cache(key, example, name=None):
+    nonlocal i
+    path = os.path.join(cache_dir, name or f'{i:08d}.pkl')
+    i += 1
+    with open(path, 'wb') as f:
+      pickle.dump((key, example), f, protocol=pickle.HIGHEST_PROTOCOL)
+    return path
+
+  for index, result in process_files(module, func, items, builder.builder_config,
+                                     f'{name} files', report, 'files', indexed=True):
     # A work item gives one (key, example) or a list of them (e.g. windows).
     for entry in (result if isinstance(result, list) else [result]):
       if isinstance(entry, Skip):  # a bad part of a good file (e.g. one trial)
         report.add('files', entry.path, entry.reason)
         continue
       key, example = entry
-      path = os.path.join(cache_dir, f'{i:08d}.pkl')
-      i += 1
-      with open(path, 'wb') as f:
-        pickle.dump((key, example), f, protocol=pickle.HIGHEST_PROTOCOL)
+      if train_copies:
+        example = dict(example, copy_index=0)
+      path = cache(key, example)
+      item_paths.setdefault(index, []).append(path)
       by_unit.setdefault(unit_fn(example), []).append(path)
-  close_pool()  # all files are processed; training should not keep idle workers
-  report.write(builder.data_dir)
   if not by_unit:
+    close_pool()
+    report.write(builder.data_dir)
     shutil.rmtree(cache_dir, ignore_errors=True)
     raise ValueError(f'{name}: every one of the {len(items)} files was skipped; see '
                      f'{os.path.join(os.fspath(builder.data_dir), "skipped.json")} '
@@ -261,6 +288,27 @@ def build_splits(builder, module: str, func: str, items: Sequence, report: SkipR
     splits = {s: u for s, u in splits.items() if u}
   else:
     splits = assign_units(by_unit, val_frac, test_frac)
+  if train_copies and splits.get('train'):
+    train_paths = {p for u in splits['train'] for p in by_unit[u]}
+    sources = [(idx, paths[0]) for idx, paths in sorted(item_paths.items())
+               if len(paths) == 1 and paths[0] in train_paths]
+    if len(sources) != sum(1 for paths in item_paths.values() if paths[0] in train_paths):
+      raise ValueError(f'{name}: train_augment_copies needs one example per file')
+    tasks = [dict(items[idx], copy_index=c) for idx, _ in sources
+             for c in range(1, train_copies + 1)]
+    source_of = [path for _, path in sources for _ in range(train_copies)]
+    for t, (key, changed) in process_files(module, func, tasks, builder.builder_config,
+                                           f'{name} augmented copies', report, 'files',
+                                           indexed=True):
+      with open(source_of[t], 'rb') as f:
+        base_key, example = pickle.load(f)
+      example = dict(example, **changed, copy_index=tasks[t]['copy_index'])
+      # Named after the original so the sorted split order keeps copies beside it.
+      c = tasks[t]['copy_index']
+      path = cache(f'{base_key}#copy{c}', example,
+                   os.path.basename(source_of[t])[:-4] + f'.c{c}.pkl')
+      by_unit[unit_fn(example)].append(path)
+  close_pool()  # all files are processed; training should not keep idle workers
   remaining = [len(splits)]
 
   def gen(paths):
@@ -272,9 +320,24 @@ def build_splits(builder, module: str, func: str, items: Sequence, report: SkipR
     if remaining[0] == 0:
       shutil.rmtree(cache_dir, ignore_errors=True)
 
+  report.write(builder.data_dir)
   logging.info('%s splits by %s: %s', name, 'fixed units' if fixed else 'sorted units',
                {s: list(u) for s, u in splits.items()})
   return {s: gen([p for u in units for p in by_unit[u]]) for s, units in splits.items()}
+
+
+def augmented_audio_copy(item, cfg):
+  """(key, {'audio'}) of an augmented copy: the item's audio with
+  `cfg.wave_augment` applied, seeded by the item id and `item['copy_index']`.
+  Other modalities are taken from the original example by `build_splits`."""
+  from data_pipelines.features import audio as audio_features
+  from data_pipelines.features import clip
+  copy = int(item['copy_index'])
+  seed = audio_features.augment_seed(item.get('id') or describe(item), copy)
+  feats, info = clip.preprocess_av(
+      audio_path=item.get('audio_path') or item.get('video_path'), audio_cfg=cfg.audio,
+      wave_augment=(cfg.wave_augment, seed), return_info=True)
+  return item.get('id'), {'audio': feats['audio'], 'audio_length': info['audio_length']}
 
 
 # ----------------------------------------------------------------------------

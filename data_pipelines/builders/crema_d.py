@@ -140,6 +140,9 @@ class CremaDConfig(tfds.core.BuilderConfig):
       default_factory=lambda: video_features.VideoFeatureConfig(num_frames=15, size=112))
   val_frac: float = 0.2  # fractions of the sorted actors in validation / test
   test_frac: float = 0.2
+  # Waveform-augmented copies per training example (builder_lib.build_splits).
+  train_augment_copies: int = 0
+  wave_augment: audio_features.WaveAugmentConfig = audio_features.WaveAugmentConfig()
 
 
 _SMALL_AUDIO = audio_features.AudioFeatureConfig(
@@ -186,6 +189,8 @@ class CremaD(tfds.core.GeneratorBasedBuilder):
     }
     if cfg.soft_labels:
       feats['soft_label'] = tfds.features.Tensor(shape=(len(EMOTIONS),), dtype=np.float32)
+    if cfg.train_augment_copies:
+      feats['copy_index'] = np.int64  # 0 original, k the k-th augmented copy
     if cfg.with_video:
       v = cfg.video
       feats['video'] = tfds.features.Tensor(shape=(v.num_frames, v.size, v.size, 3),
@@ -210,7 +215,8 @@ class CremaD(tfds.core.GeneratorBasedBuilder):
           f'crema_d: no usable clips under {manual_dir} ({len(bad)} skipped).\n'
           f'{MANUAL_DIR_INSTRUCTIONS}')
     return builder_lib.build_splits(self, MODULE, 'process_item', items, report,
-                                    lambda ex: int(ex['speaker']), cfg.val_frac, cfg.test_frac)
+                                    lambda ex: int(ex['speaker']), cfg.val_frac, cfg.test_frac,
+                                    train_copies=cfg.train_augment_copies)
 
   def _generate_examples(self):  # examples come from build_splits
     raise NotImplementedError
@@ -265,6 +271,8 @@ def collect_items(manual_dir: str, cfg: CremaDConfig, votes: Optional[dict]):
 def process_item(item, cfg: CremaDConfig):
   """One clip -> (key, example); runs in a worker process."""
   from data_pipelines.features import clip
+  if item.get('copy_index'):
+    return builder_lib.augmented_audio_copy(item, cfg)
   feats, info = clip.preprocess_av(
       video_path=item['video_path'], audio_path=item['audio_path'], audio_cfg=cfg.audio,
       video_cfg=cfg.video if cfg.with_video else None, return_info=True)

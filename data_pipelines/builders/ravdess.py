@@ -154,6 +154,9 @@ class RavdessConfig(tfds.core.BuilderConfig):
   # Fractions of the (sorted) actors in the validation and test splits.
   val_frac: float = 0.2
   test_frac: float = 0.2
+  # Waveform-augmented copies per training example (builder_lib.build_splits).
+  train_augment_copies: int = 0
+  wave_augment: audio_features.WaveAugmentConfig = audio_features.WaveAugmentConfig()
 
 
 _SMALL_AUDIO = audio_features.AudioFeatureConfig(
@@ -204,6 +207,8 @@ class Ravdess(tfds.core.GeneratorBasedBuilder):
         'statement': np.int64,
         'repetition': np.int64,
     }
+    if cfg.train_augment_copies:
+      feats['copy_index'] = np.int64  # 0 original, k the k-th augmented copy
     if cfg.with_video:
       v = cfg.video
       feats['video'] = tfds.features.Tensor(shape=(v.num_frames, v.size, v.size, 3),
@@ -231,7 +236,8 @@ class Ravdess(tfds.core.GeneratorBasedBuilder):
           f'under {manual_dir} ({len(bad)} skipped).\n{MANUAL_DIR_INSTRUCTIONS}')
     cfg = self.builder_config
     return builder_lib.build_splits(self, MODULE, 'process_item', items, report,
-                                    lambda ex: int(ex['speaker']), cfg.val_frac, cfg.test_frac)
+                                    lambda ex: int(ex['speaker']), cfg.val_frac, cfg.test_frac,
+                                    train_copies=cfg.train_augment_copies)
 
   def _generate_examples(self):  # examples come from build_splits
     raise NotImplementedError
@@ -293,6 +299,8 @@ def _item(name: RavdessName, take: str, video_path, audio_path):
 def process_item(item, cfg: RavdessConfig):
   """One take -> (key, example); runs in a worker process."""
   from data_pipelines.features import clip
+  if item.get('copy_index'):
+    return builder_lib.augmented_audio_copy(item, cfg)
   feats, info = clip.preprocess_av(
       video_path=item['video_path'] if cfg.with_video else None,
       audio_path=item['audio_path'], audio_cfg=cfg.audio,

@@ -165,3 +165,74 @@ def extract_audio_features(wave: np.ndarray, sr: int, cfg: AudioFeatureConfig, *
     feats = crop_or_pad(feats, cfg.num_frames, axis=0)
   feats = np.ascontiguousarray(feats, dtype=np.float32)
   return (feats, length) if return_length else feats
+
+
+# ----------------------------------------------------------------------------
+# Waveform augmentation. Builders store features, not waveforms, so these run
+# at build time on extra copies of training examples (`train_augment_copies`).
+
+
+@dataclasses.dataclass(frozen=True)
+class WaveAugmentConfig:
+  """Ranges of the waveform augmentations paper 001 names (Table A1: pitch
+  shifting, time stretching, background noise); the paper gives no values, so
+  the defaults are the usual speech-emotion ones. 0 disables one."""
+  pitch_semitones: float = 2.0  # shift drawn from U(-p, p) semitones
+  stretch: float = 0.1  # rate drawn from U(1 - s, 1 + s)
+  snr_db: tuple = (10.0, 30.0)  # noise SNR drawn from U(lo, hi) dB; () disables
+
+
+def augment_seed(key: str, copy_index: int) -> np.random.SeedSequence:
+  """A seed fixed by a file's key and the copy index (stable across runs and workers)."""
+  import zlib
+  return np.random.SeedSequence([zlib.crc32(str(key).encode()), int(copy_index)])
+
+
+def pitch_shift(wave: np.ndarray, sr: int, semitones: float) -> np.ndarray:
+  """Same length and rate, pitch moved by `semitones`."""
+  if not semitones:
+    return np.asarray(wave, np.float32)
+  import librosa
+  return librosa.effects.pitch_shift(np.asarray(wave, np.float32), sr=sr,
+                                     n_steps=float(semitones)).astype(np.float32)
+
+
+def time_stretch(wave: np.ndarray, rate: float) -> np.ndarray:
+  """Tempo scaled by `rate` (> 1 faster, shorter) at the same pitch and sample rate."""
+  if rate <= 0:
+    raise ValueError(f'time-stretch rate must be > 0, got {rate}')
+  if rate == 1.0:
+    return np.asarray(wave, np.float32)
+  import librosa
+  return librosa.effects.time_stretch(np.asarray(wave, np.float32),
+                                      rate=float(rate)).astype(np.float32)
+
+
+def add_noise(wave: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+  """White Gaussian noise at `snr_db` relative to the wave's mean power."""
+  wave = np.asarray(wave, np.float32)
+  power = float(np.mean(np.square(wave))) if wave.size else 0.0
+  if power <= 0:
+    return wave
+  noise_power = power / (10.0 ** (snr_db / 10.0))
+  noise = rng.standard_normal(wave.shape).astype(np.float32) * np.float32(np.sqrt(noise_power))
+  return wave + noise
+
+
+def augment_wave(wave: np.ndarray, sr: int, cfg: WaveAugmentConfig,
+                 seed) -> np.ndarray:
+  """Time stretch, pitch shift, then noise, with parameters drawn from `seed`.
+
+  Deterministic in (wave, cfg, seed). The stretch changes the length; the
+  feature extraction crops/pads to the configured duration afterwards.
+  """
+  rng = np.random.default_rng(seed)
+  wave = to_mono(wave)
+  rate = 1.0 + rng.uniform(-cfg.stretch, cfg.stretch) if cfg.stretch else 1.0
+  steps = rng.uniform(-cfg.pitch_semitones, cfg.pitch_semitones) if cfg.pitch_semitones else 0.0
+  snr = rng.uniform(*cfg.snr_db) if cfg.snr_db else None
+  wave = time_stretch(wave, rate)
+  wave = pitch_shift(wave, sr, steps)
+  if snr is not None:
+    wave = add_noise(wave, snr, rng)
+  return wave

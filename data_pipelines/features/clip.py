@@ -74,7 +74,8 @@ def preprocess_av(video_path=None, audio_path=None,
                   audio_cfg: Optional[audio_features.AudioFeatureConfig] = None,
                   video_cfg: Optional[video_features.VideoFeatureConfig] = None,
                   start_s: Optional[float] = None, end_s: Optional[float] = None, *,
-                  region: Optional[str] = None, return_info: bool = False):
+                  region: Optional[str] = None, return_info: bool = False,
+                  wave_augment=None):
   """Decodes and preprocesses one clip.
 
   video_path: a video file (mp4/avi/flv); its frames feed 'video' when
@@ -83,6 +84,8 @@ def preprocess_av(video_path=None, audio_path=None,
   audio_path: a separate audio file (wav/mp3), used for 'audio'.
   start_s, end_s: keep only this time span (seconds) of both streams.
   region: None, 'left' or 'right' half of the frame to look for the face in.
+  wave_augment: (audio.WaveAugmentConfig, seed) augments the decoded waveform
+    (at the feature sample rate) before feature extraction; None for none.
 
   Returns {'audio': f32[T, F]} and/or {'video': u8[T, S, S, 3]} (plus an info
   dict with durations, fps and 'audio_length' when `return_info`). Raises media.MediaError
@@ -100,6 +103,12 @@ def preprocess_av(video_path=None, audio_path=None,
     info['audio_duration_s'] = wave.shape[0] / float(sr)
     info['audio_sample_rate'] = sr
     info['audio_channels'] = 1 if wave.ndim == 1 else wave.shape[1]
+    if wave_augment is not None:
+      aug_cfg, seed = wave_augment
+      wave = audio_features.resample(audio_features.to_mono(wave), sr, audio_cfg.sample_rate)
+      sr = audio_cfg.sample_rate
+      if not audio_features.is_silent(wave):  # a silent wave is rejected below
+        wave = audio_features.augment_wave(wave, sr, aug_cfg, seed)
     out['audio'], info['audio_length'] = preprocess_audio(wave, sr, audio_cfg, str(src),
                                                           return_length=True)
   if video_cfg is not None:

@@ -118,6 +118,7 @@ class MMTCA(nn.Module):
     for i, c in enumerate(self.audio_conv_channels):
       x = layers.ConvBNAct(c, kernel_size=(5,), name=f'audio_conv_{i}')(
           x * valid[..., None], train, mask=valid[..., None])
+      x = jnp.where(valid[..., None] > 0, x, jnp.finfo(x.dtype).min)  # padding never wins
       x = nn.max_pool(x, (2,), strides=(2,), padding='SAME')
       valid = encoders.pool_valid(valid, 2)
       x = x * valid[..., None]
