@@ -208,7 +208,8 @@ class CremaD(tfds.core.GeneratorBasedBuilder):
           f'crema_d: no usable clips under {manual_dir} ({len(bad)} skipped).\n'
           f'{MANUAL_DIR_INSTRUCTIONS}')
     return builder_lib.build_splits(self, MODULE, 'process_item', items, report,
-                                    lambda ex: int(ex['speaker']), cfg.val_frac, cfg.test_frac)
+                                    lambda ex: int(ex['speaker']), cfg.val_frac, cfg.test_frac,
+                                    item_unit_fn=lambda it: int(it['actor']))
 
   def _generate_examples(self):  # examples come from build_splits
     raise NotImplementedError

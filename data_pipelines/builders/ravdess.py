@@ -229,7 +229,8 @@ class Ravdess(tfds.core.GeneratorBasedBuilder):
           f'under {manual_dir} ({len(bad)} skipped).\n{MANUAL_DIR_INSTRUCTIONS}')
     cfg = self.builder_config
     return builder_lib.build_splits(self, MODULE, 'process_item', items, report,
-                                    lambda ex: int(ex['speaker']), cfg.val_frac, cfg.test_frac)
+                                    lambda ex: int(ex['speaker']), cfg.val_frac, cfg.test_frac,
+                                    item_unit_fn=lambda it: int(it['actor']))
 
   def _generate_examples(self):  # examples come from build_splits
     raise NotImplementedError
