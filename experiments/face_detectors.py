@@ -10,6 +10,8 @@ uniformly, as `clip.preprocess_av` samples them), then for each detector:
   ms/clip      the builder's face stage as it runs per clip: detection on
                `--detect_frames` evenly spread frames plus the steady crops
                (`face.crop_faces`), median of `--repeats` runs after a warm-up;
+  cpu ms       the CPU time of the same (all threads; on a busy machine the
+               fairer comparison, as wall time then depends on the load);
   box          the median face box (x, y, w, h) in frame pixels, to compare
                where the detectors put the face.
 """
@@ -53,9 +55,10 @@ def measure(frames, detector: str, detect_frames: int, detect_width: int, size: 
   per_frame = face.detect_faces_batch(list(frames), detector=detector,
                                       detect_width=detect_width)
   hits = [b[0] for b in per_frame if len(b)]
-  times = []
+  times, cpu = [], []
   ok = True
   for _ in range(repeats + 1):  # the first run warms up (MTCNN traces its graphs)
+    c0 = time.process_time()
     t0 = time.perf_counter()
     try:
       face.crop_faces(frames, size, max_detect_frames=detect_frames, detector=detector,
@@ -63,7 +66,9 @@ def measure(frames, detector: str, detect_frames: int, detect_width: int, size: 
     except face.FaceNotFoundError:
       ok = False
     times.append(time.perf_counter() - t0)
+    cpu.append(time.process_time() - c0)
   return {'found': len(hits), 'frames': len(frames), 'ms': statistics.median(times[1:]) * 1e3,
+          'cpu_ms': statistics.median(cpu[1:]) * 1e3,
           'crop_ok': ok,
           'box': np.median(np.stack(hits), axis=0).round().astype(int).tolist() if hits else None}
 
@@ -79,13 +84,13 @@ def main(argv):
   detectors = [d for d in FLAGS.detectors.split(',') if d]
   print(f'{FLAGS.num_frames} frames per clip; builder detection on {FLAGS.detect_frames} '
         f'frames at width {FLAGS.detect_width}; crops {FLAGS.size}x{FLAGS.size}; '
-        f'os.cpu_count()={os.cpu_count()}')
+        f'os.cpu_count()={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}')
   header = f'{"clip":44s} {"WxH":>9s}'
   for d in detectors:
-    header += f' | {d + " found/frame":>17s} {"ms/clip":>8s} {"box (x,y,w,h)":>20s}'
+    header += f' | {d + " found/frame":>17s} {"ms/clip":>8s} {"cpu ms":>7s} {"box (x,y,w,h)":>20s}'
   print(header)
   print('-' * len(header))
-  totals = {d: {'found': 0, 'frames': 0, 'ms': []} for d in detectors}
+  totals = {d: {'found': 0, 'frames': 0, 'ms': [], 'cpu_ms': []} for d in detectors}
   for path in clips:
     frames, _ = media.decode_video(path, num_frames=FLAGS.num_frames)
     row = f'{os.path.basename(path)[-44:]:44s} {frames.shape[2]:>4d}x{frames.shape[1]:<4d}'
@@ -95,16 +100,18 @@ def main(argv):
       totals[d]['found'] += r['found']
       totals[d]['frames'] += r['frames']
       totals[d]['ms'].append(r['ms'])
+      totals[d]['cpu_ms'].append(r['cpu_ms'])
       box = ','.join(map(str, r['box'])) if r['box'] else '-'
       row += (f' | {r["found"]:>8d}/{r["frames"]:<2d} ({r["found"] / r["frames"]:4.0%})'
-              f' {r["ms"]:8.0f} {box:>20s}')
+              f' {r["ms"]:8.0f} {r["cpu_ms"]:7.0f} {box:>20s}')
     print(row)
   print('-' * len(header))
   row = f'{"all " + str(len(clips)) + " clips":44s} {"":9s}'
   for d in detectors:
     t = totals[d]
     row += (f' | {t["found"]:>8d}/{t["frames"]:<2d} ({t["found"] / t["frames"]:4.0%})'
-            f' {statistics.median(t["ms"]):8.0f} {"(median ms)":>20s}')
+            f' {statistics.median(t["ms"]):8.0f} {statistics.median(t["cpu_ms"]):7.0f}'
+            f' {"(medians)":>20s}')
   print(row)
 
 
