@@ -12,6 +12,11 @@ setup(
                                     'data_pipelines.*', 'experiments', 'experiments.*']),
     python_requires='>=3.10',
     install_requires=requirements,
-    # `tfds build` imports these at start-up; `python -m data_pipelines.build` does not need them.
-    extras_require={'tfds-cli': ['apache-beam', 'mlcroissant']},
+    extras_require={
+        # Dataset builds as Apache Beam pipelines (data_pipelines/README.md). It
+        # pulls protobuf < 7 (6.33.x), which tensorflow-cpu 2.21 accepts.
+        'beam': ['apache-beam>=2.77'],
+        # `tfds build` imports these at start-up; `python -m data_pipelines.build` does not need them.
+        'tfds-cli': ['apache-beam>=2.77', 'mlcroissant'],
+    },
 )

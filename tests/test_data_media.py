@@ -131,6 +131,49 @@ def test_no_face(shared_data):
     clip.preprocess_frames(np.zeros((3, 120, 160, 3), np.uint8), SMALL_VIDEO, 'black')
 
 
+@pytest.mark.parametrize('rel', [RAV_MP4, NO_AUDIO, LETTERBOX, FLV])
+def test_sampled_decode_equals_full_decode(shared_data, rel):
+  # Sampled frames decode without most non-reference frames; they must be
+  # the very frames a full decode gives at the same positions.
+  import av
+  path = _need(shared_data, rel)
+  with av.open(str(path)) as c:
+    n = sum(1 for p in c.demux(c.streams.video[0]) if p.size > 0 and not p.is_discard)
+  full, _ = media.decode_video(path)
+  fast, _ = media.decode_video(path, num_frames=15)
+  idx = video_features.sample_frame_indices(n, 15)
+  assert idx.max() < len(full)
+  np.testing.assert_array_equal(fast, full[idx])
+
+
+@pytest.mark.parametrize('rel', [RAV_MP4, NO_AUDIO, LETTERBOX, FLV])
+def test_mtcnn_agrees_with_haar(shared_data, rel):
+  pytest.importorskip('mtcnn')
+  frames, _ = media.decode_video(_need(shared_data, rel), num_frames=3)
+  mt = face.detect_faces_batch(list(frames), detector='mtcnn')
+  haar = face.detect_faces_batch(list(frames), detector='haar')
+  assert [len(b) > 0 for b in mt] == [True] * 3
+  for m, h in zip(mt, haar):
+    (mx, my, mw, mh), (hx, hy, hw, hh) = m[0], h[0]
+    # The same face: centres within a quarter of its width of each other.
+    assert abs((mx + mw / 2) - (hx + hw / 2)) < 0.25 * hw
+    assert abs((my + mh / 2) - (hy + hh / 2)) < 0.25 * hh
+    assert 0.5 < mw / hw < 1.5
+  cfg = video_features.VideoFeatureConfig(num_frames=3, size=32, face_detector='mtcnn')
+  assert clip.preprocess_frames(frames, cfg).shape == (3, 32, 32, 3)
+
+
+def test_mtcnn_no_face_and_unknown_detector():
+  pytest.importorskip('mtcnn')
+  black = np.zeros((3, 120, 160, 3), np.uint8)
+  assert [len(b) for b in face.detect_faces_batch(list(black), detector='mtcnn')] == [0, 0, 0]
+  cfg = video_features.VideoFeatureConfig(num_frames=3, size=32, face_detector='mtcnn')
+  with pytest.raises(clip.NoFaceError):
+    clip.preprocess_frames(black, cfg, 'black')
+  with pytest.raises(ValueError, match='unknown face detector'):
+    face.detect_faces(black[0], detector='dlib')
+
+
 def test_truncated_and_corrupt_media(shared_data, tmp_path):
   wav = tmp_path / 'trunc.wav'
   data = _need(shared_data, RAV_WAV).read_bytes()

@@ -16,6 +16,11 @@
   splits by fold unit (actor, subject). Cross-validation folds are chosen at
   training time over the stored group feature (data_pipelines/folds.py), so
   every fold reads the same TFRecords without a rebuild.
+- Apache Beam: with `MER_JAX_BUILD_RUNNER=beam` (`use_beam`), `build_splits`
+  returns one `beam.PTransform` per split instead of generators, and TFDS
+  runs the per-file work and the TFRecord writing as one Beam pipeline on
+  the runner of its `DownloadConfig` (`beam_download_config`): Beam's local
+  runner on all cores, or Dataflow / Flink / Spark through pipeline options.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from mer_jax.contract import logger as logging
 
 # Worker count for builds; 1 runs in-process (tests, debugging).
 WORKERS_ENV = 'MER_JAX_BUILD_WORKERS'
+# 'local' (default): spawned process pool; 'beam': Apache Beam through TFDS.
+RUNNER_ENV = 'MER_JAX_BUILD_RUNNER'
+RUNNERS = ('local', 'beam')
 
 
 class ManualDirError(FileNotFoundError):
@@ -233,7 +241,8 @@ def report_generator(gen: Iterable, report: SkipReport, directory_fn: Callable[[
 def build_splits(builder, module: str, func: str, items: Sequence, report: SkipReport,
                  unit_fn: Callable[[dict], object], val_frac: float = 0.2,
                  test_frac: float = 0.2, fixed: Optional[dict] = None,
-                 train_copies: int = 0) -> dict:
+                 train_copies: int = 0,
+                 item_unit_fn: Optional[Callable[[dict], object]] = None) -> dict:
   """Processes every item, then returns {split: generator} over the survivors.
 
   Examples are cached on disk (under the builder's temporary data folder)
@@ -244,7 +253,22 @@ def build_splits(builder, module: str, func: str, items: Sequence, report: SkipR
   (`func` called on the item with 'copy_index' set; it returns the keys that
   differ from the original, see `augmented_audio_copy`) and stores
   'copy_index' in every example.
+
+  With the Beam runner (`use_beam()`) it returns {split: beam.PTransform}
+  instead; splits are then declared before any file is processed, from the
+  units of the work items (`item_unit_fn(item)`, which must equal
+  `unit_fn(example)`), so a unit whose files are all skipped still holds
+  its share (see `beam_splits`).
   """
+  if use_beam():
+    if train_copies:
+      raise ValueError(f'{builder.name}: augmented training copies are built by the plain '
+                       'runner only; build without MER_JAX_BUILD_RUNNER=beam')
+    if item_unit_fn is None:
+      raise ValueError(f'{builder.name}: the Beam runner needs item_unit_fn to declare '
+                       'splits before processing')
+    return beam_splits(builder, module, func, items, report, unit_fn, item_unit_fn,
+                       val_frac, test_frac, fixed)
   import pickle
   import shutil
   import tensorflow as tf
@@ -360,3 +384,148 @@ def assign_units(units, val_frac: float = 0.2, test_frac: float = 0.2) -> dict:
          'validation': units[n - n_test - n_val:n - n_test],
          'test': units[n - n_test:]}
   return {k: v for k, v in out.items() if v}
+
+
+# ----------------------------------------------------------------------------
+# Apache Beam (optional: `pip install -e .[beam]`).
+
+
+def build_runner() -> str:
+  """'local' or 'beam', from MER_JAX_BUILD_RUNNER (default 'local')."""
+  value = (os.environ.get(RUNNER_ENV) or 'local').strip().lower()
+  if value not in RUNNERS:
+    raise ValueError(f'{RUNNER_ENV}={value!r}: use one of {RUNNERS}')
+  return value
+
+
+def use_beam() -> bool:
+  """Whether builders hand their per-file work to Apache Beam."""
+  if build_runner() != 'beam':
+    return False
+  try:
+    import apache_beam  # noqa: F401
+  except ImportError:
+    raise ImportError(f'{RUNNER_ENV}=beam needs apache-beam: pip install -e .[beam]') from None
+  return True
+
+
+LOCAL_RUNNERS = ('DirectRunner', 'PrismRunner')
+
+
+def beam_pipeline_flags(runner: str = 'DirectRunner', num_workers: Optional[int] = None,
+                        options: Sequence[str] = ()) -> list:
+  """Beam command-line flags for `runner`.
+
+  The local runners get one worker process per core (`MER_JAX_BUILD_WORKERS`
+  or os.cpu_count()); other runners (DataflowRunner, FlinkRunner,
+  SparkRunner) take their settings from `options` (e.g. 'project=...',
+  'region=...', 'temp_location=gs://...') unchanged.
+  """
+  flags = [f'--runner={runner}']
+  given = {o.split('=', 1)[0].lstrip('-') for o in options}
+  if runner in LOCAL_RUNNERS:
+    n = num_workers or _num_workers()
+    if 'direct_num_workers' not in given:
+      flags.append(f'--direct_num_workers={n}')
+    if 'direct_running_mode' not in given:
+      # Processes, not threads: decoding and feature code hold the GIL.
+      flags.append('--direct_running_mode=multi_processing')
+  flags += [o if o.startswith('--') else f'--{o}' for o in options if o]
+  return flags
+
+
+def beam_download_config(runner: str = 'DirectRunner', num_workers: Optional[int] = None,
+                         options: Sequence[str] = (), **kwargs):
+  """A `tfds.download.DownloadConfig` that prepares datasets with Apache Beam.
+
+  Pass it to `builder.download_and_prepare(download_config=...)` with
+  MER_JAX_BUILD_RUNNER=beam set; `kwargs` go to DownloadConfig (manual_dir, ...).
+  """
+  import tensorflow_datasets as tfds
+  from apache_beam.options.pipeline_options import PipelineOptions
+  return tfds.download.DownloadConfig(
+      beam_options=PipelineOptions(beam_pipeline_flags(runner, num_workers, options)),
+      **kwargs)
+
+
+def _beam_process(item, module, func, cfg):
+  """One work item -> its (key, example) pairs; skips go to the 'skips' output."""
+  from apache_beam import pvalue
+  result = _call((module, func, item, cfg))
+  for entry in (result if isinstance(result, list) else [result]):
+    if entry is None:
+      continue
+    if isinstance(entry, Skip):
+      yield pvalue.TaggedOutput('skips', entry.as_dict())
+    else:
+      yield entry
+
+
+def _in_units(key_example, unit_fn, units) -> bool:
+  return unit_fn(key_example[1]) in units
+
+
+def _write_beam_skips(skipped, name, scanned, data_dir):
+  """Writes skipped.json from the scan-time entries and the pipeline's skips."""
+  report = SkipReport(name)
+  report.entries = {k: list(v) for k, v in scanned.items()}
+  for entry in sorted(skipped, key=lambda e: e['path']):
+    report.add('files', entry['path'], entry['reason'])
+  report.write(data_dir)
+
+
+def beam_splits(builder, module: str, func: str, items: Sequence, report: SkipReport,
+                unit_fn, item_unit_fn, val_frac: float = 0.2, test_frac: float = 0.2,
+                fixed: Optional[dict] = None) -> dict:
+  """{split: beam.PTransform} yielding (key, example) pairs.
+
+  Every item is processed once (`func(item, cfg)` in Beam workers); each
+  split keeps the examples of its units. Skipped files are written to
+  `skipped.json` by the pipeline, as in the local build.
+  """
+  import apache_beam as beam
+  name = builder.name + '/' + builder.builder_config.name
+  units = sorted({item_unit_fn(i) for i in items})
+  if fixed is not None:
+    splits = {s: [u for u in us if u in units] for s, us in fixed.items()}
+    splits = {s: u for s, u in splits.items() if u}
+  else:
+    splits = assign_units(units, val_frac, test_frac)
+  logging.info('%s splits by %s (Beam): %s', name, 'fixed units' if fixed else 'sorted units',
+               splits)
+  cfg = plain_config(builder.builder_config)
+  items = list(items)
+  scanned = {k: list(v) for k, v in report.entries.items()}
+  data_dir = os.fspath(builder.data_dir)
+  shared = {}  # one processing stage per pipeline, read by every split
+
+  def processed(pipeline):
+    if id(pipeline) not in shared:
+      out = (pipeline
+             | 'ListFiles' >> beam.Create(items)
+             | 'Spread' >> beam.Reshuffle()  # one file per bundle on any runner
+             | 'ProcessFiles' >> beam.FlatMap(_beam_process, module, func, cfg)
+             .with_outputs('skips', main='examples'))
+      _ = (out.skips
+           | 'CollectSkips' >> beam.combiners.ToList()
+           | 'WriteSkipReport' >> beam.Map(_write_beam_skips, name, scanned, data_dir))
+      shared[id(pipeline)] = out.examples
+    return shared[id(pipeline)]
+
+  @beam.ptransform_fn
+  def split_examples(pbegin, split, split_units):
+    return processed(pbegin.pipeline) | f'Keep_{split}' >> beam.Filter(
+        _in_units, unit_fn, frozenset(split_units))
+
+  return {s: split_examples(s, us) for s, us in splits.items()}  # pylint: disable=no-value-for-parameter
+
+
+def beam_flat_map(split_transform, fn, *args, **kwargs):
+  """A split's PTransform followed by `beam.FlatMap(fn, *args, **kwargs)`."""
+  import apache_beam as beam
+
+  @beam.ptransform_fn
+  def then(pbegin):
+    return pbegin | split_transform | beam.FlatMap(fn, *args, **kwargs)
+
+  return then()  # pylint: disable=no-value-for-parameter

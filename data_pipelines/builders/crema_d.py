@@ -162,6 +162,9 @@ class CremaD(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [
       CremaDConfig(name='av', description='Audio (MFCC-13+deltas x 300, 16 kHz, 3 s) and 15 '
                    'face crops 112x112; soft labels from the audio-visual votes.'),
+      CremaDConfig(name='av_mtcnn', description='av with MTCNN face boxes.',
+                   video=video_features.VideoFeatureConfig(num_frames=15, size=112,
+                                                           face_detector='mtcnn')),
       CremaDConfig(name='audio', description='Audio only; soft labels from the voice votes.',
                    with_video=False, video=None, soft_labels='audio'),
       *[CremaDConfig(name=paper, description=f'Audio-visual clips with hard labels, '
@@ -216,7 +219,8 @@ class CremaD(tfds.core.GeneratorBasedBuilder):
           f'{MANUAL_DIR_INSTRUCTIONS}')
     return builder_lib.build_splits(self, MODULE, 'process_item', items, report,
                                     lambda ex: int(ex['speaker']), cfg.val_frac, cfg.test_frac,
-                                    train_copies=cfg.train_augment_copies)
+                                    train_copies=cfg.train_augment_copies,
+                                    item_unit_fn=lambda it: int(it['actor']))
 
   def _generate_examples(self):  # examples come from build_splits
     raise NotImplementedError

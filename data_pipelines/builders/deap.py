@@ -383,7 +383,8 @@ class Deap(tfds.core.GeneratorBasedBuilder):
                                 NUM_TRIALS else None)) for i in items for t in starts]
     # One work item per subject file (~100 MB); it returns all its windows.
     return builder_lib.build_splits(self, MODULE, 'process_item', items, report,
-                                    lambda ex: int(ex['speaker']), c.val_frac, c.test_frac)
+                                    lambda ex: int(ex['speaker']), c.val_frac, c.test_frac,
+                                    item_unit_fn=lambda it: int(it['subject']))
 
   def _generate_examples(self):  # examples come from build_splits
     raise NotImplementedError

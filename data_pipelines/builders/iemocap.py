@@ -272,7 +272,8 @@ class Iemocap(tfds.core.GeneratorBasedBuilder):
     fixed = {'train': list(cfg.train_sessions), 'validation': list(cfg.val_sessions),
              'test': list(cfg.test_sessions)}
     return builder_lib.build_splits(self, MODULE, 'process_item', items, report,
-                                    lambda ex: int(ex['session']), fixed=fixed)
+                                    lambda ex: int(ex['session']), fixed=fixed,
+                                    item_unit_fn=lambda it: int(it['session']))
 
   def _generate_examples(self):  # examples come from build_splits
     raise NotImplementedError

@@ -14,6 +14,8 @@ Configs:
                 own audio track), or a modality-02 mp4 paired with the 03 wav
                 of the same take. 15 face crops of 112x112, MFCC-13 + deltas.
   speech_av_224 the same with 224x224 faces (papers 001-003 input size).
+  speech_av_mtcnn  speech_av with MTCNN face boxes instead of the Haar cascade
+                (any config: `video.face_detector='haar'|'mtcnn'`).
   speech_audio  the 1440 audio-only speech wavs (modality 03).
   song_av, song_audio   the song takes (actor 18 has none).
   speech_av_small, speech_audio_small   tiny features for tests.
@@ -179,6 +181,9 @@ class Ravdess(tfds.core.GeneratorBasedBuilder):
                     '112x112 and MFCC-13+deltas (39) x 360 at 16 kHz over 3.6 s.'),
       RavdessConfig(name='speech_av_224', description='speech_av with 224x224 faces.',
                     video=video_features.VideoFeatureConfig(num_frames=15, size=224)),
+      RavdessConfig(name='speech_av_mtcnn', description='speech_av with MTCNN face boxes.',
+                    video=video_features.VideoFeatureConfig(num_frames=15, size=112,
+                                                            face_detector='mtcnn')),
       RavdessConfig(name='speech_audio', description='Audio-only speech wavs (modality 03).',
                     with_video=False, video=None),
       RavdessConfig(name='song_av', description='Song takes with video.', vocal_channel=2),
@@ -237,7 +242,8 @@ class Ravdess(tfds.core.GeneratorBasedBuilder):
     cfg = self.builder_config
     return builder_lib.build_splits(self, MODULE, 'process_item', items, report,
                                     lambda ex: int(ex['speaker']), cfg.val_frac, cfg.test_frac,
-                                    train_copies=cfg.train_augment_copies)
+                                    train_copies=cfg.train_augment_copies,
+                                    item_unit_fn=lambda it: int(it['actor']))
 
   def _generate_examples(self):  # examples come from build_splits
     raise NotImplementedError

@@ -33,6 +33,7 @@ from data_pipelines.builders import builder_lib
 from data_pipelines.builders import ferplus
 from data_pipelines.builders import ravdess
 from data_pipelines.features import audio as audio_features
+from mer_jax.contract import logger as logging
 
 CLASSES = ('neutral', 'happy', 'sad', 'angry', 'fearful', 'disgust', 'surprised')
 # RAVDESS label index (code - 1) -> shared class; calm (1) has none.
@@ -161,26 +162,48 @@ class RavdessFerplus(tfds.core.GeneratorBasedBuilder):
           f'ravdess_ferplus: no RAVDESS speech wavs under {manual_dir}/ravdess.\n'
           f'{MANUAL_DIR_INSTRUCTIONS}')
     gens = builder_lib.build_splits(self, ravdess.MODULE, 'process_item', items, report,
-                                    lambda ex: int(ex['speaker']), c.val_frac, c.test_frac)
+                                    lambda ex: int(ex['speaker']), c.val_frac, c.test_frac,
+                                    item_unit_fn=lambda it: int(it['actor']))
     fractions = {'train': 1.0 - c.val_frac - c.test_frac, 'validation': c.val_frac,
                  'test': c.test_frac}
     fractions = {s: f for s, f in fractions.items() if s in gens}
     pools = face_pools(os.path.join(manual_dir, 'ferplus'), fractions, c.seed, report)
+    if builder_lib.use_beam():
+      return {s: builder_lib.beam_flat_map(g, _beam_pairs, pools[s], s, builder_lib.plain_config(c))
+              for s, g in gens.items()}
     return {s: self._generate_examples(g, pools[s], s, report) for s, g in gens.items()}
 
   def _generate_examples(self, audio_examples, faces, split, report):
-    c = self.builder_config
     for key, ex in audio_examples:
-      cls = RAVDESS_TO_CLASS[int(ex['label'])]
-      pool = faces.get(cls, [])
-      if not pool:
-        report.add(split, key, f'no FER+ {CLASSES[cls]} face left for the {split} split')
+      pairs = pair_faces(key, ex, faces, split, self.builder_config)
+      if isinstance(pairs, builder_lib.Skip):
+        report.add(split, pairs.path, pairs.reason)
         continue
-      for j in _draw(key, c.seed, len(pool), c.faces_per_utterance):
-        fer_id, grey = pool[j]
-        uid = f'{key}+{fer_id}'
-        yield uid, {'id': uid, 'audio': ex['audio'], 'audio_length': ex['audio_length'],
-                    'label': cls,
-                    'video': ferplus.to_face_clip(grey, c.face_size),
-                    'speaker': ex['speaker'], 'face_id': fer_id}
+      yield from pairs
     report.write(self.data_dir)
+
+
+def pair_faces(key, ex, faces, split, c):
+  """One RAVDESS audio example -> [(uid, example)] with drawn faces, or a Skip."""
+  cls = RAVDESS_TO_CLASS[int(ex['label'])]
+  pool = faces.get(cls, [])
+  if not pool:
+    return builder_lib.Skip(key, f'no FER+ {CLASSES[cls]} face left for the {split} split')
+  out = []
+  for j in _draw(key, c.seed, len(pool), c.faces_per_utterance):
+    fer_id, grey = pool[j]
+    uid = f'{key}+{fer_id}'
+    out.append((uid, {'id': uid, 'audio': ex['audio'], 'audio_length': ex['audio_length'],
+                      'label': cls,
+                      'video': ferplus.to_face_clip(grey, c.face_size),
+                      'speaker': ex['speaker'], 'face_id': fer_id}))
+  return out
+
+
+def _beam_pairs(key_example, faces, split, c):
+  pairs = pair_faces(*key_example, faces, split, c)
+  if isinstance(pairs, builder_lib.Skip):
+    # Beam workers cannot add to the driver's report: logged there instead.
+    logging.warning('ravdess_ferplus: skipping %s: %s', pairs.path, pairs.reason)
+    return []
+  return pairs

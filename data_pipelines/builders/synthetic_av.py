@@ -19,6 +19,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data_pipelines.builders import builder_lib
 from data_pipelines.builders import synthetic_render as render
 from data_pipelines.features import audio as audio_features
 
@@ -93,11 +94,18 @@ class SyntheticAv(tfds.core.GeneratorBasedBuilder):
     work = functools.partial(render.make_example, seed=cfg.seed, duration_s=cfg.duration_s,
                              num_frames=cfg.num_frames, frame_size=cfg.frame_size,
                              render_size=cfg.render_size, audio_cfg=cfg.audio)
-    procs = min(len(keys), os.cpu_count() or 1)
-    if procs <= 1:
-      yield from map(work, keys)
-      return
-    # Fork-free workers: TF and JAX do not survive fork.
-    ctx = mp.get_context('spawn')
-    with ctx.Pool(procs) as pool:
-      yield from pool.imap_unordered(work, keys, chunksize=8)
+    if builder_lib.use_beam():
+      import apache_beam as beam
+      return beam.Create(keys) | beam.Reshuffle() | beam.Map(work)
+    return _run_local(work, keys)
+
+
+def _run_local(work, keys):
+  procs = min(len(keys), os.cpu_count() or 1)
+  if procs <= 1:
+    yield from map(work, keys)
+    return
+  # Fork-free workers: TF and JAX do not survive fork.
+  ctx = mp.get_context('spawn')
+  with ctx.Pool(procs) as pool:
+    yield from pool.imap_unordered(work, keys, chunksize=8)

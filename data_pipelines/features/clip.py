@@ -65,7 +65,8 @@ def preprocess_frames(frames: np.ndarray, cfg: video_features.VideoFeatureConfig
         frames, cfg.size, margin=cfg.face_margin, mode=cfg.face_mode, region=region,
         detect_width=cfg.face_detect_width, min_size_frac=cfg.face_min_size_frac,
         min_detected_frac=cfg.face_min_detected_frac,
-        max_detect_frames=getattr(cfg, 'face_detect_frames', 0))
+        max_detect_frames=getattr(cfg, 'face_detect_frames', 0),
+        detector=getattr(cfg, 'face_detector', 'haar'))
   except face_lib.FaceNotFoundError as e:
     raise NoFaceError(path, f'no face detected: {e}') from None
 

@@ -199,8 +199,69 @@ def _select(n: int, num_frames: Optional[int]) -> Sequence[int]:
   return video_features.sample_frame_indices(n, num_frames)
 
 
+def _decode_sampled_av(path, num_frames):
+  """The `num_frames` sampled frames of a whole clip, decoding little else.
+
+  Frames are spread over the clip's packets (one per frame). Reference
+  frames are always decoded (others depend on them); non-reference frames
+  (most B-frames) only when sampled, which halves the work on H.264. Returns
+  None when the file does not allow it (missing or repeated timestamps, a
+  sampled frame that did not decode); the caller then decodes every frame.
+  """
+  import av
+  try:
+    container = av.open(str(path))
+  except (av.error.FFmpegError, OSError):
+    return None
+  with container:
+    if not container.streams.video:
+      return None
+    stream = container.streams.video[0]
+    stream.thread_type = 'AUTO'
+    rate = stream.average_rate or stream.guessed_rate
+    fps = float(rate) if rate else 0.0
+    declared = stream.frames or 0
+    try:
+      packets = [p for p in container.demux(stream) if p.size > 0 and not p.is_discard]
+      pts = sorted(p.pts for p in packets if p.pts is not None)
+      if not pts or len(pts) != len(packets) or len(set(pts)) != len(pts):
+        return None
+      if declared and len(pts) < _MIN_DECODED_FRACTION * declared:
+        raise CorruptMediaError(
+            path, f'video truncated: {len(pts)} of {declared} declared frames present')
+      declared_s = _declared_seconds(container, stream)
+      if not declared and declared_s and fps and stream.time_base:
+        # No frame count in the header (e.g. FLV): compare covered time instead.
+        got_s = float((pts[-1] - pts[0]) * stream.time_base) + 1.0 / fps
+        if got_s < _MIN_DECODED_FRACTION * declared_s:
+          raise CorruptMediaError(
+              path, f'video truncated: {got_s:.2f} s of {declared_s:.2f} s declared present')
+      wanted = [pts[i] for i in _select(len(pts), num_frames)]
+      want = set(wanted)
+      ctx = stream.codec_context
+      got = {}
+      for packet in packets:
+        ctx.skip_frame = 'DEFAULT' if packet.pts in want else 'NONREF'
+        for frame in ctx.decode(packet):
+          if frame.pts in want:
+            got[frame.pts] = frame
+      ctx.skip_frame = 'DEFAULT'
+      for frame in ctx.decode(None):
+        if frame.pts in want:
+          got[frame.pts] = frame
+    except av.error.FFmpegError:
+      return None
+    if not want.issubset(got):
+      return None
+    return np.stack([got[t].to_ndarray(format='rgb24') for t in wanted]), fps
+
+
 def _decode_video_av(path, start_s, end_s, num_frames):
   import av
+  if num_frames is not None and not start_s and end_s is None:
+    sampled = _decode_sampled_av(path, num_frames)
+    if sampled is not None:
+      return sampled
   try:
     container = av.open(str(path))
   except (av.error.FFmpegError, OSError) as e:

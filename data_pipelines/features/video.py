@@ -24,6 +24,8 @@ class VideoFeatureConfig:
   face_min_detected_frac: float = 0.0
   # 'median' mode: run the detector on this many evenly spread frames (0: all).
   face_detect_frames: int = 5
+  # 'haar' (OpenCV cascade) or 'mtcnn' (papers 002/003); see features/face.py.
+  face_detector: str = 'haar'
 
 
 def sample_frame_indices(num_available: int, num_frames: int) -> np.ndarray:
