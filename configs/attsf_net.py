@@ -14,7 +14,8 @@ Presets (grammar: mer_jax/config_lib.py):
                 targets WA 79.77 / UA 81.93 (Table IV)
   paper_shapes  the paper's RAVDESS input shapes, for benchmarks
 Variants: Table VII no_sim, no_audio_aux, no_video_aux, no_sab; Table VIII / Section
-III-F: sum, l2, gat (fusion), linear (LSTM -> Linear), e.g.
+III-F: sum, l2, gat (fusion), linear (LSTM -> Linear), seb (CMB -> SEB), pool (AVAM ->
+temporal pooling), e.g.
 `configs/attsf_net.py:ravdess+no_sab,fold=2`.
 """
 
@@ -44,6 +45,11 @@ def defaults(c):
   c.model.use_video_aux = True
   c.model.fusion = 'sum'
   c.model.impl = 'auto'
+  c.model.frame_arch = 'compact'  # or 'efficientface' (the published layout, for its .pth)
+  c.model.use_text = False  # the A+V+T stream of Table IV
+  c.model.use_positional_embedding = True  # Fig. 1's positional embedding
+  c.model.fusion_block = 'cmb'  # Table VIII: 'cmb' cross-multimodal block or 'seb'
+  c.model.aux_encoder = 'avam'  # Table VIII: 'avam' transformer auxiliaries or 'pool'
   # Eq. 18 weights as the paper names them.
   c.loss.lambda_a = 0.5
   c.loss.lambda_v = 0.5
@@ -136,6 +142,9 @@ VARIANTS = {
     'l2': config_lib.overrides(model={'fusion': 'l2'}),  # ATTSF-L2
     'gat': config_lib.overrides(model={'fusion': 'gat'}),  # ATTSF-Gat
     'linear': config_lib.overrides(model={'audio_align': 'linear'}),  # Table VIII: LSTM -> Linear
+    'seb': config_lib.overrides(model={'fusion_block': 'seb'}),  # Table VIII: CMB -> SEB
+    # Table VIII: AVAM -> temporal pooling
+    'pool': config_lib.overrides(model={'aux_encoder': 'pool'}),
 }
 
 
@@ -154,7 +163,8 @@ TABLES = {
         ('full', 'ravdess'))),
     'attsf_net_fusion': config_lib.Table('Fusion variants and alignment on RAVDESS (Table VIII)', (
         ('ATTSF-Net (sum)', 'ravdess+sum'), ('ATTSF-L2', 'ravdess+l2'),
-        ('ATTSF-Gat', 'ravdess+gat'), ('LSTM -> Linear', 'ravdess+linear'))),
+        ('ATTSF-Gat', 'ravdess+gat'), ('LSTM -> Linear', 'ravdess+linear'),
+        ('CMB -> SEB', 'ravdess+seb'), ('AVAM -> temporal pooling', 'ravdess+pool'))),
 }
 
 

@@ -34,6 +34,13 @@ def defaults(c):
   c.model.dropout_rate = 0.1
   c.model.head_dropout = 0.0
   c.model.impl = 'auto'  # 'matmul' is the fast 1x1/depthwise path on CPU
+  # 'compact' (default) or 'efficientface': the published EfficientFace layout, which
+  # the AffectNet .pth of the public code loads into (config.model_init).
+  c.model.frame_arch = 'compact'
+  c.model.max_len = 512  # longest sequence of the learned positional embeddings
+  # Section 3.4: o_AV + o_self. True adds a separate self-attention inside the
+  # cross-self-attention block (an earlier reading); the paper's equations have none.
+  c.model.csa_self_attention = False
 
 
 def _paper_training(c):

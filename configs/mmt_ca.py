@@ -45,6 +45,12 @@ def defaults(c):
   c.model.face_convs_per_block = 1
   c.model.face_stem_stride = 1
   c.model.head_dropout = 0.1
+  # Audio input options (off in the paper's recipe): 'utterance' or 'batchnorm'
+  # normalisation, a Conv1D front-end before the transformer, SpecAugment-style masks.
+  c.model.audio_input_norm = 'none'
+  c.model.audio_conv_channels = ()
+  c.model.audio_mask_time = 0
+  c.model.audio_mask_freq = 0
   # Each unimodal head also learns from the labels, so late fusion has classifiers to combine.
   c.loss.unimodal_weight = 0.5
 

@@ -40,6 +40,10 @@ def defaults(c):
   c.model.awom_hidden = 64
   c.model.head = 'projection'  # Eqs. 12-13; 'concat' is Eqs. 20-22
   c.model.head_hidden = 128
+  c.model.max_len = 512  # longest sequence of the positional embeddings
+  # Section 3.4: the transformer reads the AWOM-weighted features; 'unweighted' feeds
+  # it the aligned features before weighting.
+  c.model.transformer_input = 'weighted'
   # Eq. 19 weights as the paper names them; the paper gives no values.
   c.loss.lambda1 = 1.0  # classification
   c.loss.lambda2 = 0.1  # contrastive (InfoNCE)

@@ -51,6 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.val_split = 'validation'
   c.dataset.test_split = 'test'  # '' for none; a run then ends on validation metrics
   c.dataset.num_classes = 6
+  # Augmented copies (pitch shift, time stretch, noise on the waveform) of every
+  # training example, built into a variant of the builder config (audio builders).
+  c.dataset.train_augment_copies = 0
   # k-fold cross-validation over speaker/actor/session groups; num_folds=0 keeps
   # the builder's splits. See data_pipelines/folds.py.
   c.dataset.fold = ml_collections.ConfigDict({
@@ -65,10 +68,16 @@ def base_config() -> ml_collections.ConfigDict:
   # Presets that read a dataset take them from its builder config
   # (`input_shapes.from_builder`), so the two can never disagree.
   c.input.example_shapes = ml_collections.ConfigDict()
-  # Training-time augmentation (stateless, seeded; never at evaluation).
+  # Per-utterance z-normalisation of audio features ('utterance'), at training and
+  # evaluation alike; 'none' keeps the builder's features.
+  c.input.audio_norm = 'none'
+  # Training-time augmentation (stateless, seeded; never at evaluation); the keys
+  # are described in data_pipelines.input_pipeline.AUGMENT_KEYS.
   c.input.augment = ml_collections.ConfigDict({
       'video_hflip': False, 'video_crop_pad': 0, 'video_brightness': 0.0,
-      'audio_noise_std': 0.0, 'audio_time_mask': 0})
+      'video_contrast': 0.0, 'video_rotate': 0.0, 'audio_noise_std': 0.0,
+      'audio_time_mask': 0, 'audio_time_masks': 1, 'audio_freq_mask': 0,
+      'audio_freq_masks': 1, 'mixup_alpha': 0.0})
 
   # Modalities hidden at train and test time: '' (fused), 'audio' or 'video'
   # (unimodal baselines), comma-separated for several.

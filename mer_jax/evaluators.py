@@ -29,7 +29,8 @@ def score(run, state, data, split: str, corrupt=None, builder=None) -> dict:
   per_process = sharding.check_batch_size(run.config.input.eval_batch_size, run.mesh)
   ds, _ = input_pipeline.eval_dataset(builder, data.split(split), per_process,
                                       process_index=jax.process_index(),
-                                      process_count=jax.process_count())
+                                      process_count=jax.process_count(),
+                                      audio_norm=run.config.input.audio_norm)
   step = run.eval_step(corrupt)
   cm = np.zeros((run.num_classes, run.num_classes), np.float64)
   loss_sum = count = 0.0

@@ -32,7 +32,7 @@ def assemble(config, data: input_pipeline.Data, mesh=None) -> assembly.Run:
   if config.train.max_steps > 0:
     total = min(total, config.train.max_steps)
   init_batch = next(input_pipeline.as_numpy(input_pipeline.eval_dataset(
-      data.builder, data.split('train'), 1)[0]))
+      data.builder, data.split('train'), 1, audio_norm=config.input.audio_norm)[0]))
   return assembly.build_run(config, mesh, steps_per_epoch=spe, total_steps=total,
                             init_batch=init_batch)
 
@@ -86,7 +86,8 @@ def train_and_evaluate(config, workdir: str, data: input_pipeline.Data | None = 
       ds = input_pipeline.train_dataset(
           data.builder, data.split('train'), local_batch, seed=config.seed,
           epoch=epoch, skip_batches=step % spe, augment=config.input.augment.to_dict(),
-          shuffle_buffer=config.input.shuffle_buffer, process_index=jax.process_index(),
+          shuffle_buffer=config.input.shuffle_buffer, audio_norm=config.input.audio_norm,
+          process_index=jax.process_index(),
           process_count=jax.process_count())
       iterator, it_epoch = input_pipeline.as_numpy(ds), epoch
     batch = sharding.place_batch(next(iterator), run.mesh)

@@ -90,3 +90,14 @@ def test_ofcmaer_cnn_only_row_trains_on_cross_entropy_alone():
 def test_runlocal_shrinks_the_run():
   c = _module('mmt_ca').get_config('synthetic,runlocal')
   assert 0 < c.train.max_steps <= config_lib.RUNLOCAL_STEPS
+
+
+@pytest.mark.parametrize('paper', PAPERS)
+def test_every_model_knob_is_a_config_field(paper):
+  # A module attribute that the config lacks could not be set from the command line.
+  import dataclasses
+  cls = models.get(paper).module_cls
+  fields = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name', 'num_classes'}
+  config = _module(paper).get_config('tiny')
+  assert fields <= set(config.model.keys()), sorted(fields - set(config.model.keys()))
+  assert set(config.model.keys()) - {'name'} <= fields  # and nothing the module ignores
