@@ -310,6 +310,9 @@ def test_efficientface_strict_errors_list_keys(tmp_path, torch_writer, avt_vars)
                                 bb0['stage3_2']['branch2_dw']['kernel'])
   np.testing.assert_array_equal(bb['stage3_1']['branch2_dw']['kernel'],
                                 _hwio(sd['stage3.1.branch2.3.weight']))
+  text = pretrained.describe(path, 'efficientface')
+  assert 'stage3.1.branch2.3.weight (116, 1, 3, 3) -> params/stage3_1/branch2_dw/kernel' in text
+  assert 'UNMAPPED: stage2.0.branch3.0.weight' in text and 'excluded: fc.weight' in text
   # The pretraining classifier is unexpected once not excluded.
   with pytest.raises(ValueError, match=r'fc\.weight'):
     pretrained.apply_init({'kind': 'efficientface', 'path': path, 'exclude': []}, avt_vars)
