@@ -46,7 +46,8 @@ multimodal-emotion-recognition code AVT-CA forks) -> models/efficientface.py:
   modulator.spatial_att.gate_s.gate_s_X -> modulator/spatial_X
   fc -> (excluded by default: the AffectNet classifier)
 The encoder's 'proj' Dense (1024 -> d) after the backbone is ours and stays as
-initialised.
+initialised. `python -m mer_jax.pretrained FILE --kind efficientface` prints where
+each tensor of a file goes.
 """
 
 from __future__ import annotations
@@ -388,3 +389,27 @@ def apply_init(init_cfg, variables: Mapping) -> dict:
     else:
       out = _init_from_pth(entry, out, kind)
   return out
+
+
+def describe(path: str, kind: str, exclude: Optional[Iterable[str]] = None) -> str:
+  """Where each tensor of a .pth goes (torch name, shape -> our path), and what no
+  rule places: for checking a downloaded file before a run."""
+  if kind not in _MODULE_RULES:
+    raise ValueError(f'describe needs one of {sorted(_MODULE_RULES)}, got {kind!r}')
+  sd = resnet_import.read_state_dict(path)
+  exclude = DEFAULT_EXCLUDE.get(kind, ()) if exclude is None else tuple(exclude)
+  flat, names, unmapped = torch_to_flat(sd, _MODULE_RULES[kind], exclude)
+  lines = [f'{path}: {len(sd)} tensors, {len(flat)} mapped under {DEFAULT_TARGET[kind]!r}']
+  lines += [f'  {names[k]} {tuple(np.shape(sd[names[k]]))} -> {_fmt(k)}' for k in flat]
+  lines += [f'  excluded: {k}' for k in sd if any(k.startswith(p) for p in exclude)]
+  lines += [f'  UNMAPPED: {u}' for u in unmapped]
+  return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+  import argparse
+  parser = argparse.ArgumentParser(description='Shows how a .pth maps onto our parameters.')
+  parser.add_argument('path')
+  parser.add_argument('--kind', default='efficientface', choices=sorted(_MODULE_RULES))
+  args = parser.parse_args()
+  print(describe(args.path, args.kind))

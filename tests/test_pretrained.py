@@ -310,6 +310,9 @@ def test_efficientface_strict_errors_list_keys(tmp_path, torch_writer, avt_vars)
                                 bb0['stage3_2']['branch2_dw']['kernel'])
   np.testing.assert_array_equal(bb['stage3_1']['branch2_dw']['kernel'],
                                 _hwio(sd['stage3.1.branch2.3.weight']))
+  text = pretrained.describe(path, 'efficientface')
+  assert 'stage3.1.branch2.3.weight (116, 1, 3, 3) -> params/stage3_1/branch2_dw/kernel' in text
+  assert 'UNMAPPED: stage2.0.branch3.0.weight' in text and 'excluded: fc.weight' in text
   # The pretraining classifier is unexpected once not excluded.
   with pytest.raises(ValueError, match=r'fc\.weight'):
     pretrained.apply_init({'kind': 'efficientface', 'path': path, 'exclude': []}, avt_vars)
@@ -517,3 +520,90 @@ def test_workdir_shape_mismatch_lists_keys(tmp_path):
   assert str(tmp_path / 'face') in msg and "scope 'face_cnn'" in msg
   assert 'params/ConvBNAct_1/Conv_0/kernel: source (3, 3, 4, 8) vs model (3, 3, 4, 12)' in msg
   assert 'batch_stats/ConvBNAct_1/BatchNorm_0/mean: source (8,) vs model (12,)' in msg
+
+
+# --------------------------------------------------------------------------- whole network
+
+def _reference_efficientface(sd, x, repeats=(4, 8, 4)):
+  """EfficientFace's forward written from its PyTorch definition, on NCHW arrays and
+  the state_dict's own tensors (OIHW weights, BatchNorm from running statistics)."""
+  lax = jax.lax
+
+  def conv(x, name, stride=1, pad=0, dil=1, groups=1, bias=False):
+    y = lax.conv_general_dilated(x, sd[name + '.weight'], (stride, stride), ((pad, pad), (pad, pad)),
+                                 rhs_dilation=(dil, dil), dimension_numbers=('NCHW', 'OIHW', 'NCHW'),
+                                 feature_group_count=groups)
+    return y + sd[name + '.bias'][None, :, None, None] if bias else y
+
+  def bn(x, name):
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    r = lambda k: sd[f'{name}.{k}'].reshape(shape)
+    return (x - r('running_mean')) / jnp.sqrt(r('running_var') + 1e-5) * r('weight') + r('bias')
+
+  relu = jax.nn.relu
+
+  def unit(x, p, stride):
+    c = x.shape[1]
+    if stride == 1:
+      x1, x2 = x[:, : c // 2], x[:, c // 2:]
+    else:
+      x1 = bn(conv(x, p + '.branch1.0', stride, 1, groups=c), p + '.branch1.1')
+      x1 = relu(bn(conv(x1, p + '.branch1.2'), p + '.branch1.3'))
+      x2 = x
+    h = relu(bn(conv(x2, p + '.branch2.0'), p + '.branch2.1'))
+    h = bn(conv(h, p + '.branch2.3', stride, 1, groups=h.shape[1]), p + '.branch2.4')
+    h = relu(bn(conv(h, p + '.branch2.5'), p + '.branch2.6'))
+    out = jnp.concatenate([x1, h], axis=1)
+    n, c, hh, ww = out.shape
+    return out.reshape(n, 2, c // 2, hh, ww).transpose(0, 2, 1, 3, 4).reshape(n, c, hh, ww)
+
+  def local(x):
+    h, w = x.shape[2] // 2, x.shape[3] // 2
+    patches = {1: x[:, :, :h, :w], 2: x[:, :, h:, :w], 3: x[:, :, :h, w:], 4: x[:, :, h:, w:]}
+    out = {}
+    for k, p in patches.items():
+      p = relu(bn(conv(p, f'local.conv{k}_1', 2, 1, groups=x.shape[1]), f'local.bn{k}_1'))
+      out[k] = relu(bn(conv(p, f'local.conv{k}_2', 1, 1, groups=p.shape[1]), f'local.bn{k}_2'))
+    return jnp.concatenate([jnp.concatenate([out[1], out[2]], 2),
+                            jnp.concatenate([out[3], out[4]], 2)], 3)
+
+  def modulator(x):
+    c, s = 'modulator.channel_att.gate_c.gate_c_', 'modulator.spatial_att.gate_s.gate_s_'
+    g = x.mean(axis=(2, 3)) @ sd[c + 'fc_0.weight'].T + sd[c + 'fc_0.bias']
+    g = relu(bn(g, c + 'bn_1')) @ sd[c + 'fc_final.weight'].T + sd[c + 'fc_final.bias']
+    a = relu(bn(conv(x, s + 'conv_reduce0', bias=True), s + 'bn_reduce0'))
+    for i in range(2):
+      a = relu(bn(conv(a, s + f'conv_di_{i}', 1, 4, dil=4, bias=True), s + f'bn_di_{i}'))
+    a = conv(a, s + 'conv_final', bias=True)
+    return x * jax.nn.sigmoid(g[:, :, None, None] * a)
+
+  x = relu(bn(conv(x, 'conv1.0', 2, 1), 'conv1.1'))
+  x = lax.reduce_window(x, -jnp.inf, lax.max, (1, 1, 3, 3), (1, 1, 2, 2),
+                        ((0, 0), (0, 0), (1, 1), (1, 1)))
+  y = x
+  for i in range(repeats[0]):
+    y = unit(y, f'stage2.{i}', 2 if i == 0 else 1)
+  x = modulator(y) + local(x)
+  for s, n in ((3, repeats[1]), (4, repeats[2])):
+    for i in range(n):
+      x = unit(x, f'stage{s}.{i}', 2 if i == 0 else 1)
+  x = relu(bn(conv(x, 'conv5.0'), 'conv5.1'))
+  return x.mean(axis=(2, 3))
+
+
+def test_loaded_efficientface_computes_the_published_network(tmp_path, torch_writer):
+  """The .pth through apply_init gives the same features as EfficientFace's PyTorch
+  forward (written independently above)."""
+  sd = efficientface_state_dict(seed=5)
+  path = str(tmp_path / 'ef.pth')
+  torch_writer(path, sd)
+  net = efficientface.EfficientFace()
+  rng = np.random.default_rng(0)
+  for size in (48,):  # even sizes early, odd ones in stages 3-4
+    x = rng.standard_normal((2, size, size, 3)).astype(np.float32)
+    variables = pretrained.apply_init({'kind': 'efficientface', 'path': path, 'target': '/'},
+                                      _random_variables(net, x))
+    got = jax.jit(lambda v, x: net.apply(v, x, train=False))(variables, x)
+    want = _reference_efficientface({k: jnp.asarray(v) for k, v in sd.items()},
+                                    jnp.asarray(x.transpose(0, 3, 1, 2)))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-4, atol=2e-4)
