@@ -90,11 +90,15 @@ def base_config() -> ml_collections.ConfigDict:
   # --- Model ---------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
   c.model.name = ''
-  # Pretrained initialisation (mer_jax/pretrained.py): kind '' (none),
-  # 'torchvision_resnet18', 'efficientface' or 'workdir'.
+  # Pretrained initialisation, applied right after init (mer_jax/pretrained.py has
+  # every field): kind '' (none), 'torchvision_resnet18' (paper 001), 'efficientface'
+  # (papers 002/003, with model.frame_arch='efficientface') or 'workdir' (a trained
+  # run; paper 004 lists its face and audio runs in `sources`).
+  tuple_or_none = ml_collections.config_dict.placeholder(tuple)
   c.model_init = ml_collections.ConfigDict({
       'kind': '', 'path': '', 'target': '', 'checkpoint': 'best', 'strict': True,
-      'sources': []})
+      'exclude': tuple_or_none, 'source_scopes': ml_collections.config_dict.placeholder(tuple),
+      'target_scopes': ml_collections.config_dict.placeholder(tuple), 'sources': []})
 
   # --- Loss ----------------------------------------------------------------
   c.loss = ml_collections.ConfigDict()

@@ -89,15 +89,31 @@ def test_results_carry_their_provenance(uninterrupted):
   assert prov['fold'] is None
 
 
-def test_checkpoint_cadence_and_in_process_resume(uninterrupted, tiny_data_dir, tmp_path):
+def test_checkpoint_cadence_and_in_process_resume(uninterrupted, tiny_data_dir, tmp_path,
+                                                 monkeypatch):
   from mer_jax import checkpointing, train
   workdir = str(tmp_path / 'resumed')
-  # Stop after 5 steps (tiny: 9 steps per epoch, a checkpoint every 4 steps and at
-  # every epoch end), then run the full schedule in the same directory.
-  train.train_and_evaluate(_tiny(tiny_data_dir, max_steps=5), workdir)
+
+  class Crash(Exception):
+    pass
+
+  # tiny: 9 steps per epoch, a checkpoint every 4 steps and at every epoch end. The
+  # run dies right after saving step 8, then runs again in the same directory.
+  save = checkpointing.Checkpoints.save_latest
+
+  def save_then_crash(self, step, state, meta):
+    save(self, step, state, meta)
+    if step == 8:
+      raise Crash()
+
+  monkeypatch.setattr(checkpointing.Checkpoints, 'save_latest', save_then_crash)
+  with pytest.raises(Crash):
+    train.train_and_evaluate(_tiny(tiny_data_dir), workdir)
+  monkeypatch.setattr(checkpointing.Checkpoints, 'save_latest', save)
   ckpts = checkpointing.Checkpoints(workdir, keep=2)
-  assert ckpts.all_steps()['latest'] == [4, 5]  # cadence 4, and the run's last step
+  assert ckpts.all_steps()['latest'] == [4, 8]  # the cadence, keeping the last two
   ckpts.close()
+  assert not os.path.exists(os.path.join(workdir, 'results.json'))
   res = train.train_and_evaluate(_tiny(tiny_data_dir), workdir)
   full = _results(uninterrupted)
   assert res['steps'] == full['steps'] == 18
