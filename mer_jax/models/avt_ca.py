@@ -74,11 +74,19 @@ class AVTCA(nn.Module):
         audio, train, valid=a_valid)
     a_valid = encoders.pool_valid(a_valid, 2, len(self.audio_channels))
     a = nn.Dense(d, name='audio_proj')(a)
-    frame_enc = encoders.EfficientFrameEncoder(
-        self.frame_stem_features, self.frame_stage_features, self.frame_expansion,
-        self.local_grid, d, impl=self.impl, arch=self.frame_arch, name='frame_encoder')
-    v = encoders.encode_frames(frame_enc, video, train)
     v_valid = bc.time_valid(batch, 'video')
+    if video.ndim == 3:
+      # Pre-extracted per-frame vectors (CMU-MOSEI's FACET) [B, T, F]: the audio
+      # branch's Conv1D blocks instead of the frame CNN.
+      v = encoders.Conv1DAudioEncoder(self.audio_channels, name='video_feature_encoder')(
+          video.astype(jnp.float32), train, valid=v_valid)
+      v_valid = encoders.pool_valid(v_valid, 2, len(self.audio_channels))
+      v = nn.Dense(d, name='video_proj')(v)
+    else:
+      frame_enc = encoders.EfficientFrameEncoder(
+          self.frame_stem_features, self.frame_stage_features, self.frame_expansion,
+          self.local_grid, d, impl=self.impl, arch=self.frame_arch, name='frame_encoder')
+      v = encoders.encode_frames(frame_enc, video, train)
     a = a + self.param('audio_pos', nn.initializers.normal(0.02), (self.max_len, d))[: a.shape[1]]
     v = v + self.param('video_pos', nn.initializers.normal(0.02), (self.max_len, d))[: v.shape[1]]
     a = a * m_a[:, None, None]
