@@ -129,3 +129,16 @@ def test_build_cli_accepts_names_and_paths(monkeypatch):
                   '--beam_pipeline_options=runner=DataflowRunner,project=p,'
                   'temp_location=gs://b/t']
   assert os.environ[builder_lib.RUNNER_ENV] == 'beam'
+
+
+def test_download_config_plain_and_beam(monkeypatch):
+  monkeypatch.setenv(builder_lib.RUNNER_ENV, 'local')
+  dl = builder_lib.download_config('/m')
+  assert str(dl.manual_dir) == '/m' and dl.beam_options is None
+  assert not builder_lib.use_beam()
+  _require_beam()
+  dl = builder_lib.download_config('/m', 'DirectRunner', 'direct_num_workers=1')
+  assert builder_lib.use_beam()
+  opts = dl.beam_options.get_all_options()
+  assert opts['runner'] == 'DirectRunner' and opts['direct_num_workers'] == 1
+  assert opts['direct_running_mode'] == 'multi_processing'

@@ -382,6 +382,22 @@ def beam_download_config(runner: str = 'DirectRunner', num_workers: Optional[int
       **kwargs)
 
 
+def download_config(manual_dir=None, beam_runner: str = '', beam_options: str = ''):
+  """The DownloadConfig of a build: plain, or on `beam_runner` when one is named.
+
+  For builds started from a training config (`config.dataset.beam_runner`,
+  `config.dataset.beam_options` as 'key=value,key=value'). Naming a runner
+  sets MER_JAX_BUILD_RUNNER=beam for this process.
+  """
+  import tensorflow_datasets as tfds
+  if not beam_runner:
+    return tfds.download.DownloadConfig(manual_dir=manual_dir)
+  os.environ[RUNNER_ENV] = 'beam'
+  use_beam()  # a clear error when apache-beam is missing
+  options = [o for o in str(beam_options or '').split(',') if o]
+  return beam_download_config(beam_runner, options=options, manual_dir=manual_dir)
+
+
 def _beam_process(item, module, func, cfg):
   """One work item -> its (key, example) pairs; skips go to the 'skips' output."""
   from apache_beam import pvalue
