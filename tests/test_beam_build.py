@@ -113,6 +113,7 @@ def test_beam_pipeline_flags():
 def test_build_cli_accepts_names_and_paths(monkeypatch):
   monkeypatch.setenv(builder_lib.RUNNER_ENV, 'local')  # restored after the test
   monkeypatch.delenv(builder_lib.RUNNER_ENV)
+  monkeypatch.setenv('PYTHONPATH', os.environ.get('PYTHONPATH', ''))
   by_name = build_cli.rewrite_argv(['build', 'ravdess', '--config=speech_audio',
                                     '--manual_dir=/m'])
   by_path = build_cli.rewrite_argv(['build', 'data_pipelines/builders/ravdess.py',
@@ -129,6 +130,8 @@ def test_build_cli_accepts_names_and_paths(monkeypatch):
                   '--beam_pipeline_options=runner=DataflowRunner,project=p,'
                   'temp_location=gs://b/t']
   assert os.environ[builder_lib.RUNNER_ENV] == 'beam'
+  both = build_cli.rewrite_argv(['build', 'deap', '--imports=my.module'])
+  assert both == ['build', 'deap', '--imports=data_pipelines.builders.deap,my.module']
 
 
 def test_download_config_plain_and_beam(monkeypatch):
