@@ -15,6 +15,7 @@ tfds = pytest.importorskip('tensorflow_datasets')
 
 from data_pipelines import build as build_cli  # noqa: E402
 from data_pipelines.builders import builder_lib  # noqa: E402
+from tests.test_data_fixture_builders import deap_dir, iemocap_dir  # noqa: E402,F401
 
 
 def _require_beam():
@@ -145,3 +146,23 @@ def test_download_config_plain_and_beam(monkeypatch):
   opts = dl.beam_options.get_all_options()
   assert opts['runner'] == 'DirectRunner' and opts['direct_num_workers'] == 1
   assert opts['direct_running_mode'] == 'multi_processing'
+
+
+@pytest.mark.parametrize('name,fixture', [('deap/valence_arousal', 'deap_dir'),
+                                          ('iemocap/4class_small', 'iemocap_dir')])
+def test_fixture_builders_beam_equals_plain(name, fixture, request, tmp_path, monkeypatch):
+  # The raw-file fixtures of test_data_fixture_builders (DEAP pickles with a
+  # truncated subject file, whose subject must get no split share either way;
+  # IEMOCAP sessions with wavs and dialog videos), built both ways.
+  _require_beam()
+  manual = request.getfixturevalue(fixture)
+  monkeypatch.setenv(builder_lib.WORKERS_ENV, '1')
+  monkeypatch.setenv('MER_JAX_NO_PROGRESS', '1')
+  plain = _build(name, tmp_path / 'plain', monkeypatch, 'local', manual_dir=str(manual))
+  beam = _build(name, tmp_path / 'beam', monkeypatch, 'beam', manual_dir=str(manual),
+                beam_options=['direct_num_workers=1', 'direct_running_mode=in_memory'])
+  a = _examples(plain)
+  assert a
+  _assert_same(a, _examples(beam))
+  assert (builder_lib.read_skip_report(plain.data_dir)['num_skipped']
+          == builder_lib.read_skip_report(beam.data_dir)['num_skipped'])
