@@ -66,6 +66,10 @@ def rewrite_argv(argv):
       value = arg.split('=', 1)[1] if '=' in arg else next(args, '')
       options += [o for o in value.split(',') if o]
       continue
+    if arg.startswith(('--imports', '--module_import')) or arg == '-i':
+      value = arg.split('=', 1)[1] if '=' in arg else next(args, '')
+      imports += [m for m in value.split(',') if m]
+      continue
     name = None if arg.startswith('-') else builder_name_of(arg)
     if name:
       imports.append(f'data_pipelines.builders.{name}')
@@ -80,6 +84,11 @@ def rewrite_argv(argv):
                        if o.lstrip('-').startswith('runner=')), None)
   if runner or options:
     os.environ[builder_lib.RUNNER_ENV] = 'beam'
+    # Beam's local worker processes import the builders too.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.environ.get('PYTHONPATH', '')
+    if root not in path.split(os.pathsep):
+      os.environ['PYTHONPATH'] = os.pathsep.join([root] + ([path] if path else []))
     options = [o for o in options if not o.lstrip('-').startswith('runner=')]
     flags = builder_lib.beam_pipeline_flags(runner or given_runner or 'DirectRunner',
                                             options=options)

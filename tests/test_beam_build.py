@@ -15,6 +15,7 @@ tfds = pytest.importorskip('tensorflow_datasets')
 
 from data_pipelines import build as build_cli  # noqa: E402
 from data_pipelines.builders import builder_lib  # noqa: E402
+from tests.test_data_fixture_builders import deap_dir, iemocap_dir  # noqa: E402,F401
 
 
 def _require_beam():
@@ -113,6 +114,7 @@ def test_beam_pipeline_flags():
 def test_build_cli_accepts_names_and_paths(monkeypatch):
   monkeypatch.setenv(builder_lib.RUNNER_ENV, 'local')  # restored after the test
   monkeypatch.delenv(builder_lib.RUNNER_ENV)
+  monkeypatch.setenv('PYTHONPATH', os.environ.get('PYTHONPATH', ''))
   by_name = build_cli.rewrite_argv(['build', 'ravdess', '--config=speech_audio',
                                     '--manual_dir=/m'])
   by_path = build_cli.rewrite_argv(['build', 'data_pipelines/builders/ravdess.py',
@@ -129,3 +131,38 @@ def test_build_cli_accepts_names_and_paths(monkeypatch):
                   '--beam_pipeline_options=runner=DataflowRunner,project=p,'
                   'temp_location=gs://b/t']
   assert os.environ[builder_lib.RUNNER_ENV] == 'beam'
+  both = build_cli.rewrite_argv(['build', 'deap', '--imports=my.module'])
+  assert both == ['build', 'deap', '--imports=data_pipelines.builders.deap,my.module']
+
+
+def test_download_config_plain_and_beam(monkeypatch):
+  monkeypatch.setenv(builder_lib.RUNNER_ENV, 'local')
+  dl = builder_lib.download_config('/m')
+  assert str(dl.manual_dir) == '/m' and dl.beam_options is None
+  assert not builder_lib.use_beam()
+  _require_beam()
+  dl = builder_lib.download_config('/m', 'DirectRunner', 'direct_num_workers=1')
+  assert builder_lib.use_beam()
+  opts = dl.beam_options.get_all_options()
+  assert opts['runner'] == 'DirectRunner' and opts['direct_num_workers'] == 1
+  assert opts['direct_running_mode'] == 'multi_processing'
+
+
+@pytest.mark.parametrize('name,fixture', [('deap/valence_arousal', 'deap_dir'),
+                                          ('iemocap/4class_small', 'iemocap_dir')])
+def test_fixture_builders_beam_equals_plain(name, fixture, request, tmp_path, monkeypatch):
+  # The raw-file fixtures of test_data_fixture_builders (DEAP pickles with a
+  # truncated subject file, whose subject must get no split share either way;
+  # IEMOCAP sessions with wavs and dialog videos), built both ways.
+  _require_beam()
+  manual = request.getfixturevalue(fixture)
+  monkeypatch.setenv(builder_lib.WORKERS_ENV, '1')
+  monkeypatch.setenv('MER_JAX_NO_PROGRESS', '1')
+  plain = _build(name, tmp_path / 'plain', monkeypatch, 'local', manual_dir=str(manual))
+  beam = _build(name, tmp_path / 'beam', monkeypatch, 'beam', manual_dir=str(manual),
+                beam_options=['direct_num_workers=1', 'direct_running_mode=in_memory'])
+  a = _examples(plain)
+  assert a
+  _assert_same(a, _examples(beam))
+  assert (builder_lib.read_skip_report(plain.data_dir)['num_skipped']
+          == builder_lib.read_skip_report(beam.data_dir)['num_skipped'])

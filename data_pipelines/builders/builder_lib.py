@@ -255,10 +255,8 @@ def build_splits(builder, module: str, func: str, items: Sequence, report: SkipR
   'copy_index' in every example.
 
   With the Beam runner (`use_beam()`) it returns {split: beam.PTransform}
-  instead; splits are then declared before any file is processed, from the
-  units of the work items (`item_unit_fn(item)`, which must equal
-  `unit_fn(example)`), so a unit whose files are all skipped still holds
-  its share (see `beam_splits`).
+  instead (see `beam_splits`); `item_unit_fn(item)` must equal
+  `unit_fn(example)`.
   """
   if use_beam():
     if train_copies:
@@ -448,6 +446,22 @@ def beam_download_config(runner: str = 'DirectRunner', num_workers: Optional[int
       **kwargs)
 
 
+def download_config(manual_dir=None, beam_runner: str = '', beam_options: str = ''):
+  """The DownloadConfig of a build: plain, or on `beam_runner` when one is named.
+
+  For builds started from a training config (`config.dataset.beam_runner`,
+  `config.dataset.beam_options` as 'key=value,key=value'). Naming a runner
+  sets MER_JAX_BUILD_RUNNER=beam for this process.
+  """
+  import tensorflow_datasets as tfds
+  if not beam_runner:
+    return tfds.download.DownloadConfig(manual_dir=manual_dir)
+  os.environ[RUNNER_ENV] = 'beam'
+  use_beam()  # a clear error when apache-beam is missing
+  options = [o for o in str(beam_options or '').split(',') if o]
+  return beam_download_config(beam_runner, options=options, manual_dir=manual_dir)
+
+
 def _beam_process(item, module, func, cfg):
   """One work item -> its (key, example) pairs; skips go to the 'skips' output."""
   from apache_beam import pvalue
@@ -461,8 +475,17 @@ def _beam_process(item, module, func, cfg):
       yield entry
 
 
-def _in_units(key_example, unit_fn, units) -> bool:
-  return unit_fn(key_example[1]) in units
+def _assign(units, val_frac, test_frac, fixed) -> dict:
+  """{split: [units]} for the given units, by the fixed or the fractional rule."""
+  units = sorted(set(units))
+  if fixed is not None:
+    splits = {s: [u for u in us if u in units] for s, us in fixed.items()}
+    return {s: u for s, u in splits.items() if u}
+  return assign_units(units, val_frac, test_frac)
+
+
+def _in_split(key_example, unit_fn, split, assignment) -> bool:
+  return unit_fn(key_example[1]) in assignment.get(split, ())
 
 
 def _write_beam_skips(skipped, name, scanned, data_dir):
@@ -479,20 +502,21 @@ def beam_splits(builder, module: str, func: str, items: Sequence, report: SkipRe
                 fixed: Optional[dict] = None) -> dict:
   """{split: beam.PTransform} yielding (key, example) pairs.
 
-  Every item is processed once (`func(item, cfg)` in Beam workers); each
-  split keeps the examples of its units. Skipped files are written to
+  Every item is processed once (`func(item, cfg)` in Beam workers). Units
+  are assigned to splits inside the pipeline among the units that kept
+  examples, as the local build does, so both write the same splits. TFDS
+  needs the split names before the pipeline runs: they are those the units
+  of all files found would get, and a declared split that loses all its
+  units to skipped files (e.g. 3 actors of which 1 is unreadable) fails with
+  TFDS's "No examples were yielded". Skipped files are written to
   `skipped.json` by the pipeline, as in the local build.
   """
   import apache_beam as beam
   name = builder.name + '/' + builder.builder_config.name
-  units = sorted({item_unit_fn(i) for i in items})
-  if fixed is not None:
-    splits = {s: [u for u in us if u in units] for s, us in fixed.items()}
-    splits = {s: u for s, u in splits.items() if u}
-  else:
-    splits = assign_units(units, val_frac, test_frac)
-  logging.info('%s splits by %s (Beam): %s', name, 'fixed units' if fixed else 'sorted units',
-               splits)
+  # TFDS needs the split names now: those of the units of the files found.
+  declared = _assign([item_unit_fn(i) for i in items], val_frac, test_frac, fixed)
+  logging.info('%s splits by %s (Beam, before skips): %s', name,
+               'fixed units' if fixed else 'sorted units', declared)
   cfg = plain_config(builder.builder_config)
   items = list(items)
   scanned = {k: list(v) for k, v in report.entries.items()}
@@ -509,15 +533,21 @@ def beam_splits(builder, module: str, func: str, items: Sequence, report: SkipRe
       _ = (out.skips
            | 'CollectSkips' >> beam.combiners.ToList()
            | 'WriteSkipReport' >> beam.Map(_write_beam_skips, name, scanned, data_dir))
-      shared[id(pipeline)] = out.examples
+      # As in the local build, units are assigned among those that kept examples.
+      assignment = (out.examples
+                    | 'Units' >> beam.Map(lambda kv: unit_fn(kv[1]))
+                    | 'DistinctUnits' >> beam.Distinct()
+                    | 'ListUnits' >> beam.combiners.ToList()
+                    | 'AssignUnits' >> beam.Map(_assign, val_frac, test_frac, fixed))
+      shared[id(pipeline)] = (out.examples, beam.pvalue.AsSingleton(assignment))
     return shared[id(pipeline)]
 
   @beam.ptransform_fn
-  def split_examples(pbegin, split, split_units):
-    return processed(pbegin.pipeline) | f'Keep_{split}' >> beam.Filter(
-        _in_units, unit_fn, frozenset(split_units))
+  def split_examples(pbegin, split):
+    examples, assignment = processed(pbegin.pipeline)
+    return examples | f'Keep_{split}' >> beam.Filter(_in_split, unit_fn, split, assignment)
 
-  return {s: split_examples(s, us) for s, us in splits.items()}  # pylint: disable=no-value-for-parameter
+  return {s: split_examples(s) for s in declared}  # pylint: disable=no-value-for-parameter
 
 
 def beam_flat_map(split_transform, fn, *args, **kwargs):

@@ -30,9 +30,9 @@ are k-fold runs over it (data_pipelines/folds.py), pooled over all splits:
   c.dataset.fold.group_key = 'speaker'
 5 folds cut the 24 actors into 5,5,5,5,4 consecutive actors.
 
-Build: `PYTHONPATH=. tfds build data_pipelines/builders/ravdess.py
-  --config=speech_audio --manual_dir=DIR --data_dir=OUT`; training builds the
-dataset on the fly from `config.dataset.manual_dir`.
+Build: `python -m data_pipelines.build ravdess --config=speech_audio
+  --manual_dir=DIR --data_dir=OUT [--beam_runner=DirectRunner]`; training
+builds the dataset on the fly from `config.dataset.manual_dir`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ the class design (facial valence x vocal arousal, so fusion is required).
 Splits are speaker-independent. Audio and frames go through the same feature
 code as the real datasets (`data_pipelines.features`).
 
-Build: `tfds build data_pipelines/builders/synthetic_av.py --data_dir=DIR`
+Build: `python -m data_pipelines.build synthetic_av --data_dir=DIR`
 (training builds it on the fly when missing).
 """
 
