@@ -58,6 +58,7 @@ def _tf():
 
 def get_builder(dataset_cfg, build_if_missing: bool = True):
   """The TFDS builder of `dataset_cfg.name`, built first when its TFRecords are missing."""
+  from data_pipelines.builders import builder_lib
   import tensorflow_datasets as tfds
   import data_pipelines.registry  # noqa: F401  (registers the builders)
   _tf()
@@ -76,7 +77,8 @@ def get_builder(dataset_cfg, build_if_missing: bool = True):
       if manual_dir:
         manual_dir = os.path.expanduser(manual_dir)
       builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+          download_config=builder_lib.download_config(
+              manual_dir, dataset_cfg.get('beam_runner', ''), dataset_cfg.get('beam_options', '')))
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices(f'built {dataset_cfg.name}')

@@ -54,6 +54,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Augmented copies (pitch shift, time stretch, noise on the waveform) of every
   # training example, built into a variant of the builder config (audio builders).
   c.dataset.train_augment_copies = 0
+  # Build on Apache Beam ('DirectRunner' here, 'DataflowRunner' / 'FlinkRunner' /
+  # 'SparkRunner' on a cluster; needs `pip install -e .[beam]`); '' builds with a
+  # local process pool. Options as 'key=value,key=value'.
+  c.dataset.beam_runner = ''
+  c.dataset.beam_options = ''
   # k-fold cross-validation over speaker/actor/session groups; num_folds=0 keeps
   # the builder's splits. See data_pipelines/folds.py.
   c.dataset.fold = ml_collections.ConfigDict({
