@@ -63,3 +63,21 @@ class Checkpoints:
 def abstract_of(tree: Any):
   import jax
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def read_state(workdir: str, which: str = 'best'):
+  """(state as saved, step) of a run's latest 'best' or 'latest' checkpoint, without
+  knowing its structure: for warm starts from another model's run."""
+  root = os.path.join(os.path.abspath(workdir), 'checkpoints', which)
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f'no {which!r} checkpoints at {root}')
+  mngr = ocp.CheckpointManager(root, item_names=('state', 'meta'),
+                               options=ocp.CheckpointManagerOptions(create=False))
+  try:
+    step = mngr.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'{root} holds no checkpoint')
+    return mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))['state'], step
+  finally:
+    mngr.close()

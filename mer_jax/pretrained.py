@@ -319,21 +319,14 @@ def _init_from_pth(entry, variables, kind: str) -> dict:
 
 def restore_workdir_variables(workdir: str, checkpoint: str = 'best') -> dict:
   """{'params', 'batch_stats'} of a trained run's best or latest checkpoint."""
-  import orbax.checkpoint as ocp
+  from mer_jax import checkpointing
   if checkpoint not in ('best', 'latest'):
     raise ValueError(f"model_init checkpoint must be 'best' or 'latest', got {checkpoint!r}")
   root = os.path.join(os.path.abspath(workdir), 'checkpoints', checkpoint)
-  if not os.path.isdir(root):
-    raise FileNotFoundError(f'model_init (workdir): no {checkpoint!r} checkpoints at {root}')
-  mngr = ocp.CheckpointManager(root, item_names=('state', 'meta'),
-                               options=ocp.CheckpointManagerOptions(create=False))
   try:
-    step = mngr.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'model_init (workdir): {root} holds no checkpoint')
-    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
-  finally:
-    mngr.close()
+    state, step = checkpointing.read_state(workdir, checkpoint)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f'model_init (workdir): {e}') from e
   if not isinstance(state, Mapping) or 'params' not in state:
     raise ValueError(f'model_init (workdir): {root} step {step} has no params')
   return {'params': state['params'], 'batch_stats': state.get('batch_stats') or {}}
