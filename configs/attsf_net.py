@@ -77,6 +77,7 @@ def _paper_augment(c):
   # Section IV-A: flips, rotation and crops of the face frames.
   c.input.augment.video_hflip = True
   c.input.augment.video_crop_pad = 16
+  c.input.augment.video_rotate = 10.0
 
 
 def _ravdess(c):

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import pickle
-import wave
 
 import numpy as np
 import pytest
@@ -18,6 +16,13 @@ from data_pipelines.builders import builder_lib  # noqa: E402
 from data_pipelines.builders import cmu_mosei  # noqa: E402
 from data_pipelines.builders import deap  # noqa: E402
 from data_pipelines.builders import iemocap  # noqa: E402
+from data_pipelines import fixtures  # noqa: E402
+
+# The official-layout writers live in data_pipelines.fixtures (check_presets uses them too).
+_write_wav, _write_dialog_avi, _utterance = (fixtures.write_wav, fixtures.write_dialog_avi,
+                                             fixtures.utterance)
+_write_csd, _frames, _write_deap = fixtures._write_csd, fixtures._frames, fixtures.write_deap_subject
+_drawn_face, _write_avi, EMO_HEADER = fixtures.drawn_face, fixtures.write_avi, fixtures.EMO_HEADER
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data'
 
@@ -60,43 +65,6 @@ def _assert_valid_matches_lengths(builder, split, modalities):
 
 # ----------------------------------------------------------------------------
 # IEMOCAP
-
-
-def _write_wav(path, seconds, freq, sr=16000):
-  t = np.arange(int(seconds * sr)) / sr
-  # A voiced-like tone with a slow envelope, not silence.
-  x = 0.3 * np.sin(2 * np.pi * freq * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with wave.open(str(path), 'wb') as w:
-    w.setnchannels(1)
-    w.setsampwidth(2)
-    w.setframerate(sr)
-    w.writeframes((x * 32767).astype('<i2').tobytes())
-
-
-def _write_dialog_avi(path, face_frames, fps=10):
-  """Two speakers side by side: the face on the left, its mirror on the right."""
-  import av
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with av.open(str(path), 'w', format='avi') as out:
-    stream = out.add_stream('mpeg4', rate=fps)
-    h, w = face_frames.shape[1:3]
-    stream.width, stream.height, stream.pix_fmt = 2 * w, h, 'yuv420p'
-    for f in face_frames:
-      frame = np.concatenate([f, f[:, ::-1]], axis=1)
-      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')):
-        out.mux(packet)
-    for packet in stream.encode():
-      out.mux(packet)
-
-
-EMO_HEADER = '% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n'
-
-
-def _utterance(start, end, utt, label, vad=(2.5, 2.5, 2.5)):
-  return (f'[{start:.4f} - {end:.4f}]\t{utt}\t{label}\t[{vad[0]:.4f}, {vad[1]:.4f}, '
-          f'{vad[2]:.4f}]\nC-E2:\tNeutral;\t()\nC-E3:\tNeutral;\t()\n'
-          'A-E3:\tval 3; act 2; dom  2;\t()\n\n')
 
 
 @pytest.fixture
@@ -222,27 +190,6 @@ def test_iemocap_build_av_text(iemocap_dir, tmp_path):
 # CMU-MOSEI
 
 
-def _write_csd(path, root, data, dim_names=None):
-  import h5py
-  with h5py.File(path, 'w') as f:
-    g = f.create_group(root)
-    d = g.create_group('data')
-    for vid, (feats, ivs) in data.items():
-      v = d.create_group(vid)
-      v.create_dataset('features', data=np.asarray(feats, np.float32))
-      v.create_dataset('intervals', data=np.asarray(ivs, np.float64))
-    m = g.create_group('metadata')
-    m.attrs['root name'] = root
-    m.attrs['dimension names'] = json.dumps(dim_names or [])
-
-
-def _frames(start, end, rate, dim, seed):
-  n = int((end - start) * rate)
-  t = start + np.arange(n) / rate
-  rng = np.random.default_rng(seed)
-  return rng.standard_normal((n, dim)).astype(np.float32), np.stack([t, t + 1 / rate], 1)
-
-
 @pytest.fixture
 def mosei_dir(tmp_path):
   root = tmp_path / 'mosei'
@@ -316,14 +263,6 @@ def test_mosei_missing_sequence(mosei_dir, tmp_path):
 # DEAP
 
 
-def _write_deap(path, ratings, seed):
-  rng = np.random.default_rng(seed)
-  data = rng.standard_normal((len(ratings), 40, 8064)).astype(np.float32)
-  data[:, :, :384] += 100.0  # baseline segment, must be dropped
-  with open(path, 'wb') as f:
-    pickle.dump({'data': data, 'labels': np.asarray(ratings, np.float32)}, f, protocol=2)
-
-
 @pytest.fixture
 def deap_dir(tmp_path):
   root = tmp_path / 'deap' / 'data_preprocessed_python'
@@ -365,29 +304,6 @@ def test_deap_labels():
 # DEAP face video: per-trial avi files (OpenCV MJPG) beside the pickles.
 
 VIDEO_FPS = 5  # DEAP records 50 fps; the builder reads the rate from the file
-
-
-def _drawn_face(scale, h=192, w=240):
-  """A cartoon face the Haar cascade finds, its brightness scaled by `scale`."""
-  import cv2
-  img = np.full((h, w, 3), 90, np.uint8)
-  cv2.ellipse(img, (w // 2, h // 2), (50, 65), 0, 0, 360, (200, 170, 150), -1)
-  for dx in (-20, 20):
-    cv2.circle(img, (w // 2 + dx, h // 2 - 15), 7, (40, 30, 30), -1)
-  cv2.ellipse(img, (w // 2, h // 2 + 30), (20, 8), 0, 0, 180, (60, 40, 40), 3)
-  return (img * scale).astype(np.uint8)
-
-
-def _write_avi(path, frame_fn, seconds, fps=VIDEO_FPS):
-  import cv2
-  path.parent.mkdir(parents=True, exist_ok=True)
-  first = frame_fn(0.0)
-  out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), fps,
-                        (first.shape[1], first.shape[0]))
-  assert out.isOpened()
-  for i in range(int(seconds * fps)):
-    out.write(frame_fn(i / fps))
-  out.release()
 
 
 # Face video trial (presentation order) -> Experiment_id, per participant.
