@@ -1,5 +1,6 @@
 """Papers 000, 001, 003 and 004: forward + backward in the tiny presets, output
-shapes, finite gradients, train/eval behaviour, variants and the ResNet import.
+shapes, finite gradients, train/eval behaviour, variants and the ResNet import;
+the switches for the papers' ambiguous points (002, 003, 000).
 
 One jitted train-mode step per model (called several times with the same
 shapes); everything else runs un-jitted to keep compilation short.
@@ -354,3 +355,76 @@ def test_torch_zip_reader_without_torch(tmp_path, monkeypatch):
   np.testing.assert_array_equal(loaded['conv.weight'], conv)
   np.testing.assert_array_equal(loaded['fc.weight'], base.T)
   assert loaded['count'].shape == () and float(loaded['count']) == scalar
+
+
+def _switch_pair(paper, superset, other):
+  """Initialises the model with `superset` overrides (the larger parameter set)
+  and applies both variants to the same variables and batch."""
+  config = _config(paper)
+  batch = _random_batch(config)
+  base = models.build(config.model, 6)
+  big, small = base.clone(**superset), base.clone(**other)
+  variables = _init(big, batch)
+  return (variables['params'], big.apply(variables, batch, train=False),
+          small.apply(variables, batch, train=False), batch)
+
+
+def test_avt_ca_cross_self_attention_reading():
+  config = _config('avt_ca')
+  assert not models.build(config.model, 6).csa_self_attention  # Section III-C reading
+  params, with_self, without, _ = _switch_pair('avt_ca', {'csa_self_attention': True},
+                                               {'csa_self_attention': False})
+  assert 'csa_audio_self' in params and 'csa_video_self' in params
+  assert not np.allclose(with_self['logits'], without['logits'], atol=1e-5)
+  plain = _init(models.build(config.model, 6), _random_batch(config))['params']
+  assert 'csa_audio_self' not in plain and 'csa_audio_to_video' in plain
+
+
+def test_attsf_positional_embedding_switch():
+  params, with_pos, without, _ = _switch_pair('attsf_net', {'use_positional_embedding': True},
+                                              {'use_positional_embedding': False})
+  config = _config('attsf_net')
+  assert params['audio_pos'].shape == (config.model.seq_len, config.model.d_model)
+  assert 'video_pos' in params
+  assert not np.allclose(with_pos['logits'], without['logits'], atol=1e-5)
+  no_pos = models.build(config.model, 6).clone(use_positional_embedding=False)
+  assert 'audio_pos' not in _init(no_pos, _random_batch(config))['params']
+
+
+def test_attsf_table_viii_replacements():
+  config = _config('attsf_net')
+  batch = _random_batch(config)
+  base = models.build(config.model, 6)
+  assert (base.fusion_block, base.aux_encoder) == ('cmb', 'avam')
+  # CMB -> similarity-aware enhancement block: one block per layer serves both directions.
+  seb = base.clone(fusion_block='seb')
+  variables = _init(seb, batch)
+  names = set(variables['params'])
+  assert {'seb_audio_self', 'seb_0'} <= names and not any(n.startswith('cmb_') for n in names)
+  out = seb.apply(variables, batch, train=False)
+  loss, aux = models.get('attsf_net').loss_fn(out, batch, config.loss)
+  assert np.isfinite(float(loss)) and 'L_sim' in aux
+  # AVAM -> temporal pooling: no auxiliary transformer, the auxiliary heads remain.
+  pool = base.clone(aux_encoder='pool')
+  variables = _init(pool, batch)
+  names = set(variables['params'])
+  assert not any(n.startswith('avam_audio_') and n[-1].isdigit() for n in names)
+  assert {'avam_audio_classifier', 'avam_video_classifier'} <= names
+  out = pool.apply(variables, batch, train=False)
+  chex.assert_shape(out['audio_aux_logits'], (B, 6))
+  full = _init(base, batch)
+  assert 'avam_audio_0' in full['params']
+  for bad in ({'fusion_block': 'x'}, {'aux_encoder': 'x'}):
+    with pytest.raises(ValueError):
+      _init(base.clone(**bad), batch)
+
+
+def test_ofcmaer_transformer_reads_weighted_features():
+  config = _config('ofcmaer_cat')
+  assert models.build(config.model, 6).transformer_input == 'weighted'
+  params, weighted, unweighted, batch = _switch_pair(
+      'ofcmaer_cat', {'transformer_input': 'weighted'}, {'transformer_input': 'unweighted'})
+  assert not np.allclose(weighted['logits'], unweighted['logits'], atol=1e-5)
+  np.testing.assert_allclose(weighted['modality_weights'], unweighted['modality_weights'])
+  with pytest.raises(ValueError):
+    _init(models.build(config.model, 6).clone(transformer_input='x'), batch)

@@ -23,6 +23,30 @@ branch the audio one.
 
 The similarity loss uses the temporal means of both CMB outputs and the SAB
 token; see losses.kl_similarity_loss for the Gaussian model.
+
+Config switches for the paper's ambiguous points (defaults = the paper's reading):
+  use_positional_embedding  True. Fig. 1's (+) "denotes the positional embedding";
+        its form is not given: a learned [seq_len, d] table per modality
+        (audio_pos, video_pos), added after alignment to L, before CMB/SAB/AVAM.
+  fusion_block  'cmb' (Section III-C, Eqs. 3-9) | 'seb': Table VIII's
+        "CMB -> Similarity-aware Enhancement Block [27]" (AttA-NET): a pre-LN
+        cross-attention block without a residual to the query, then a residual
+        GELU FFN (d_ff); audio first passes one such block over itself
+        (seb_audio_self), then num_layers blocks, each shared by both directions.
+  aux_encoder  'avam' (Section III-E, transformer encoders) | 'pool': Table VIII's
+        "AVAM -> Temporal Pooling [27]": the auxiliary feature is the temporal
+        mean of the aligned sequence, still with its own classifier and CE.
+  audio_align  'lstm' | 'linear' (Table VIII: LSTM -> Linear).
+  fusion  'sum' | 'l2' | 'gat' (Section III-F); use_sab, use_audio_aux,
+        use_video_aux (Table VII ablations).
+
+Padding: `<modality>_valid` ([B, T], 1 = real step, real steps first). The audio
+CNN tracks the mask through its VALID convolutions and pools (a step is valid
+when all its inputs are) and keeps padding out of BatchNorm's batch
+statistics; the forward LSTM's outputs at real steps never see later padding;
+the video Conv1D sees zeros past the last real frame (as SAME padding does);
+then only the real steps are interpolated to L, so everything after the
+alignment is padding-free. The text stream masks its attention keys and mean.
 """
 
 from __future__ import annotations

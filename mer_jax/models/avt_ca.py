@@ -9,12 +9,15 @@ then audio queries video and video queries audio; (2) cross-self-attention:
 o_AV + o_self per modality; (3) a final cross-attention with `ct_heads` heads;
 max-pool over time per modality, add, FC.
 
-Cross-self-attention (Section III-C): o~_audio = o_AV + o_self^{res,audio}, where
-o_self^{res,audio} is the residual input, i.e. the output of the preceding
-transformer (self-attention) block, so the block is a cross-attention with a
-residual (then LayerNorm). Algorithm 1 line 19 writes o_AV + o_self,audio,
-which can also be read as an extra self-attention term; that reading is
-`csa_self_attention=True` (the paper's reading, and the default, is False).
+Config switches for the paper's ambiguous points (defaults = the paper's reading):
+  csa_self_attention  False. Section III-C: o~_audio = o_AV + o_self^{res,audio}
+                      = o_self^{res,audio} + F_AV(o_self^audio, o_self^video): o_self is
+                      the residual input (the preceding transformer block's output),
+                      so the block is cross-attention + residual (then LayerNorm).
+                      True reads Algorithm 1 line 19 (o_AV + o_self,audio) as an
+                      extra self-attention term (parameters csa_{audio,video}_self).
+  use_intermediate_transformer / it_heads, use_cross_attention / ct_heads:
+                      Table V ablations (IT-1/IT-4, CT-1/CT-4).
 
 Padding: `<modality>_valid` ([B, T], 1 = real step) masks every attention's
 keys, the temporal max-pool and the audio encoder (its mask follows the
@@ -22,9 +25,8 @@ pooling: a pooled step is valid if any step in its window is).
 
 Choices where the paper is silent: model width `d_model` (128), a learned
 positional embedding on each sequence, dropout 0.1 in the transformer blocks.
-Table V ablations are `use_intermediate_transformer`/`it_heads` and
-`use_cross_attention`/`ct_heads`. The modality mask (batch['mask'] columns
-audio, video) zeroes a missing modality's features and its contributions.
+The modality mask (batch['mask'] columns audio, video) zeroes a missing
+modality's features and its contributions.
 """
 
 from __future__ import annotations
@@ -70,9 +72,9 @@ class AVTCA(nn.Module):
     d, d_ff = self.d_model, self.d_ff_ratio * self.d_model
 
     a_valid = bc.time_valid(batch, 'audio')
-    a = encoders.Conv1DAudioEncoder(self.audio_channels, name='audio_encoder')(
-        audio, train, valid=a_valid)
-    a_valid = encoders.pool_valid(a_valid, 2, len(self.audio_channels))
+    audio_enc = encoders.Conv1DAudioEncoder(self.audio_channels, name='audio_encoder')
+    a = audio_enc(audio, train, valid=a_valid)
+    a_valid = encoders.pool_valid(a_valid, audio_enc.pool, len(self.audio_channels))
     a = nn.Dense(d, name='audio_proj')(a)
     v_valid = bc.time_valid(batch, 'video')
     if video.ndim == 3:

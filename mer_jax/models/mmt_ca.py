@@ -23,6 +23,9 @@ Choices where the paper is silent: d_model 128, 2 layers per encoder, 4 heads,
 d_ff 4d, dropout 0.1, mean pooling over time, and the face CNN (3x3 conv blocks
 with BN, ReLU and 2x2 max-pool; the paper names only "a CNN" over OpenCV face
 crops; landmarks are a preprocessing step and not part of this module).
+Config switches for the paper's ambiguous points (defaults = the paper's reading):
+  head  'fused' (the combined model) | 'audio' (RAVDESS) | 'face' (FER+).
+  fusion  'hybrid' ("the final decision combines fusion outputs") | 'early' | 'late'.
 Audio input options (not in the paper; the defaults are its model): raw
 MFCC magnitudes reach hundreds, so `audio_input_norm` standardises them
 ('utterance': each clip's features over its valid steps; 'batchnorm': a

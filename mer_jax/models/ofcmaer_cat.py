@@ -20,8 +20,11 @@ AWOM (Eqs. 8-11): s_i = MLP_w([mean_t F^a_i, var_t F^a_i]) (one MLP shared by
 the modalities), w = softmax(s), w~_i = m_i w_i / (sum_k m_k w_k + eps): a
 missing modality gets exactly zero weight.
 
-Transformer contextual block: the aligned sequences of all modalities, with a
-learned modality embedding each, concatenated in time; `num_layers`
+Transformer contextual block: the aligned sequences of all modalities, each
+scaled by its AWOM weight w~_i ("the adaptively weighted and contrastively
+aligned features are input into a Transformer-based contextual modeling
+block", Section III overview), with a learned modality embedding each,
+concatenated in time; `num_layers`
 transformer layers with missing modalities masked out of the keys;
 h = sum_i w~_i Pool(segment_i).
 
@@ -32,6 +35,20 @@ FF + ReLU -> dropout -> classifier).
 Reconstruction (L_rec, unspecified in the paper): a Dense per modality maps h
 back to that modality's pooled encoder embedding f_i. Table 4 ablations switch
 off `use_cmaa`, `use_awom` (then w~ = mask / count) and `use_transformer`.
+
+Config switches for the paper's ambiguous points (defaults = the paper's reading):
+  transformer_input  'weighted' (w~_i F^a_i enters the transformer, Section III
+        overview; h then still sums w~_i Pool(segment_i) as Eq. 11 writes, so the
+        weights act on both sides) | 'unweighted' (F^a_i enters the transformer).
+  head  'projection' (Eqs. 12-13) | 'concat' (Eqs. 20-22).
+  use_cmaa, use_awom, use_transformer  Table 4 ablations.
+
+Padding: `<modality>_valid` ([B, T], 1 = real step). Sequence encoders zero and
+mask padded steps through their Conv1D/BN/max-pool blocks (a pooled step is
+valid if any step of its window is); every attention masks padded keys (CMAA
+reads only the partner's real steps; the transformer's keys are the real steps
+of the present modalities); f_i, AWOM's mean and var(F_i) and the segment
+pooling count real steps only.
 """
 
 from __future__ import annotations

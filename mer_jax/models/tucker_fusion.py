@@ -19,6 +19,12 @@ z_o = sum_r sum_{k,p,q} G[k,p,q] U_t[k,o,r] U_a[p,o,r] U_v[q,o,r] (MFB's sum
 pooling over the factor r), then MFB's power and L2 normalisation, dropout
 and the classifier.
 
+Config switches for the paper's ambiguous points (defaults = the paper's reading):
+  t_common  60: both streams are interpolated to it (Section III; the audio
+        CNN's own length depends on padding the paper does not give).
+  fbp_dim / fbp_rank  512 / 1: what FBP pools is not specified (see above).
+  tucker_naive  False; True forms the outer-product tensor (same result).
+
 Padding: `<modality>_valid` ([B, T], 1 = real step, real steps first). The log-mel
 CNN masks padded frames (see Conv2DLogMelEncoder), the bidirectional GRU runs
 with each clip's length, and both streams interpolate only their real steps
