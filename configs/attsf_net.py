@@ -146,6 +146,8 @@ VARIANTS = {
     'seb': config_lib.overrides(model={'fusion_block': 'seb'}),  # Table VIII: CMB -> SEB
     # Table VIII: AVAM -> temporal pooling
     'pool': config_lib.overrides(model={'aux_encoder': 'pool'}),
+    # Without Fig. 1's positional embedding (the reading before it was added).
+    'no_pos': config_lib.overrides(model={'use_positional_embedding': False}),
 }
 
 

@@ -106,6 +106,8 @@ VARIANTS = {
     # ... and the full model, IT-4 + CT-4.
     'full': config_lib.overrides(model=dict(use_intermediate_transformer=True, it_heads=4,
                                             use_cross_attention=True, ct_heads=4)),
+    # The other reading of o_self: a separate self-attention in the CSA block.
+    'csa_self': config_lib.overrides(model=dict(csa_self_attention=True)),
 }
 
 

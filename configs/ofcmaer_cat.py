@@ -146,6 +146,8 @@ VARIANTS = {
     'contrastive': config_lib.overrides(
         model=dict(use_cmaa=True, use_awom=True, use_transformer=False)),
     'full': config_lib.overrides(model=dict(use_cmaa=True, use_awom=True, use_transformer=True)),
+    # The other reading of Section 3.4: the transformer reads the unweighted features.
+    'unweighted_transformer': config_lib.overrides(model=dict(transformer_input='unweighted')),
 }
 
 
