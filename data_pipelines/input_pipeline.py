@@ -64,7 +64,11 @@ def get_builder(dataset_cfg, build_if_missing: bool = True):
   _tf()
   data_dir = os.path.expanduser(dataset_cfg.data_dir) if dataset_cfg.get('data_dir') else None
   copies = int(dataset_cfg.get('train_augment_copies', 0) or 0)
-  make = lambda: _make_builder(dataset_cfg.name, data_dir, copies)
+  from data_pipelines import folds
+  # Folds pool every split and re-split by group, so every group gets copies
+  # and folds.py drops those of the held-out groups.
+  make = lambda: _make_builder(dataset_cfg.name, data_dir, copies,
+                               copies_everywhere=folds.enabled(dataset_cfg))
   builder = make()
   if not builder.is_prepared():
     if not build_if_missing:
@@ -86,14 +90,21 @@ def get_builder(dataset_cfg, build_if_missing: bool = True):
   return builder
 
 
-def _make_builder(name: str, data_dir, train_augment_copies: int = 0):
+def _make_builder(name: str, data_dir, train_augment_copies: int = 0,
+                  copies_everywhere: bool = False):
   """tfds.builder(name), or its variant '<config>_aug<K>' with K augmented
-  copies of every training example (its own folder: the copies are built in)."""
+  copies of every training example (its own folder: the copies are built in).
+
+  `copies_everywhere` builds '<config>_aug<K>_pooled' instead: every example
+  in the builder's 'train' split (no validation/test split), for k-fold runs
+  whose held-out groups drop the copies (data_pipelines/folds.py).
+  """
   import dataclasses
   import tensorflow_datasets as tfds
   if not train_augment_copies:
     return tfds.builder(name, data_dir=data_dir)
   base, _, config_name = name.partition('/')
+  config_name, _, version = config_name.partition(':')
   cls = tfds.builder_cls(base)
   configs = {c.name: c for c in cls.BUILDER_CONFIGS}
   config_name = config_name or cls.DEFAULT_CONFIG_NAME
@@ -103,9 +114,12 @@ def _make_builder(name: str, data_dir, train_augment_copies: int = 0):
   if not hasattr(config, 'train_augment_copies'):
     raise ValueError(f'dataset {name!r} has no train_augment_copies option (waveform '
                      'augmentation is built into the audio builders ravdess and crema_d)')
-  variant = dataclasses.replace(config, name=f'{config_name}_aug{train_augment_copies}',
-                                train_augment_copies=int(train_augment_copies))
-  return cls(config=variant, data_dir=data_dir)
+  changes = {'name': f'{config_name}_aug{train_augment_copies}',
+             'train_augment_copies': int(train_augment_copies)}
+  if copies_everywhere:
+    changes.update(name=changes['name'] + '_pooled', val_frac=0.0, test_frac=0.0)
+  variant = dataclasses.replace(config, **changes)
+  return cls(config=variant, data_dir=data_dir, **({'version': version} if version else {}))
 
 
 @dataclasses.dataclass

@@ -358,3 +358,21 @@ def test_train_augment_copies_only_in_train(shared_data, tmp_path, monkeypatch):
     assert sum(int(r['copy_index']) > 0 for r in got['train']) == train_copies
     for s in got:
       assert fb.info.splits[s].num_examples == len(got[s])
+
+  # With folds on, every actor gets copies (one pooled 'train' split) and each
+  # fold keeps only its training groups' copies.
+  fold = {'num_folds': 4, 'index': 1, 'group_key': 'speaker', 'val_groups': -1}
+  pcfg = ml_collections.ConfigDict(dict(
+      dcfg.to_dict(), data_dir=str(tmp_path / 'tfds3'), train_split='train',
+      val_split='validation', test_split='test', fold=fold))
+  pooled = input_pipeline.get_builder(pcfg)
+  assert pooled.builder_config.name == 'speech_audio_small_aug2_pooled'
+  assert set(pooled.info.splits.keys()) == {'train'} and pooled.info.splits['train'].num_examples == 36
+  fb = folds.wrap(pooled, pcfg)
+  got = {s: list(input_pipeline.as_numpy(fb.as_dataset(split=s, shuffle_files=False)))
+         for s in ('train', 'validation', 'test')}
+  assert {int(r['speaker']) for r in got['test']} == {2}
+  assert {int(r['speaker']) for r in got['validation']} == {3}
+  assert len(got['test']) == len(got['validation']) == 3
+  assert all(int(r['copy_index']) == 0 for s in ('validation', 'test') for r in got[s])
+  assert len(got['train']) == 18 and fb.info.splits['train'].num_examples == 18
