@@ -251,7 +251,7 @@ def _to_contract(example):
   return out
 
 
-def _normalize_audio(example, mode: str):
+def normalize_audio(example, mode: str):
   """'utterance': z-scores each audio coefficient over the example's valid steps."""
   if mode not in AUDIO_NORMS:
     raise ValueError(f'audio_norm must be one of {AUDIO_NORMS}, got {mode!r}')
@@ -409,7 +409,7 @@ def train_dataset(builder, split: str, batch_size: int, *, seed: int, epoch: int
   ds = builder.as_dataset(split=split, shuffle_files=False)
   epoch_seed = int(np.random.SeedSequence([seed, epoch, process_index]).generate_state(1)[0])
   ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
-  ds = ds.map(lambda ex: _normalize_audio(_to_contract(ex), audio_norm),
+  ds = ds.map(lambda ex: normalize_audio(_to_contract(ex), audio_norm),
               num_parallel_calls=tf.data.AUTOTUNE)
   mixup_alpha = float(aug.pop('mixup_alpha', 0.0) or 0.0)
   if aug:
@@ -449,7 +449,7 @@ def eval_dataset(builder, split: str, batch_size: int, *, process_index: int = 0
   local_split = _process_split(split, process_index, process_count)
   local_n = num_examples(builder, local_split)
   ds = builder.as_dataset(split=local_split, shuffle_files=False)
-  ds = ds.map(lambda ex: _normalize_audio(_to_contract(ex), audio_norm),
+  ds = ds.map(lambda ex: normalize_audio(_to_contract(ex), audio_norm),
               num_parallel_calls=tf.data.AUTOTUNE)
   pad = num_batches * batch_size - local_n
   if pad:

@@ -124,6 +124,10 @@ def run_timeline(workdir: str, video_path: Optional[str] = None, audio_path: Opt
     t0 = time.perf_counter()
     feats = clip.preprocess_av(video_path=video_path, audio_path=audio_path, audio_cfg=audio_cfg,
                                video_cfg=video_cfg, start_s=start, end_s=end)
+    if config.input.get('audio_norm', 'none') != 'none' and 'audio' in feats:
+      from data_pipelines import input_pipeline  # the training pipeline's normalisation
+      feats['audio'] = np.asarray(input_pipeline.normalize_audio(
+          {'audio': feats['audio']}, config.input.audio_norm)['audio'])
     if prep.grayscale and 'video' in feats:  # grey faces, as the model saw them
       grey = feats['video'].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
       feats['video'] = np.repeat(np.rint(grey)[..., None], 3, -1).astype(np.uint8)

@@ -247,11 +247,11 @@ def test_utterance_norm_train_and_eval(builder):
 
 def test_utterance_norm_uses_valid_steps_only():
   ex = _example(valid_steps=30)
-  out = _np(input_pipeline._normalize_audio(ex, 'utterance'))['audio']
+  out = _np(input_pipeline.normalize_audio(ex, 'utterance'))['audio']
   np.testing.assert_allclose(out[:30].mean(0), 0, atol=1e-4)
   np.testing.assert_allclose(out[:30].std(0), 1, atol=1e-3)
   np.testing.assert_array_equal(out[30:], 0)
-  np.testing.assert_array_equal(_np(input_pipeline._normalize_audio(ex, 'none'))['audio'],
+  np.testing.assert_array_equal(_np(input_pipeline.normalize_audio(ex, 'none'))['audio'],
                                 np.asarray(ex['audio']))
 
 

@@ -321,7 +321,8 @@ def loss(outputs, batch, loss_config):
   for key, name, modality in (('audio_aux_logits', 'lambda_a', 'audio'),
                               ('video_aux_logits', 'lambda_v', 'video')):
     if key in outputs:
-      term = losses.auxiliary_ce(outputs, batch, key, modality, smoothing)
+      term = losses.auxiliary_ce(outputs, batch, key, modality, smoothing,
+                                 losses.cfg_get(loss_config, 'soft_labels', False))
       aux['L_' + modality[0]] = term
       total = total + losses.cfg_get(loss_config, name, 0.5) * term
   if 'sab_token' in outputs:

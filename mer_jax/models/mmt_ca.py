@@ -228,7 +228,8 @@ def loss(outputs, batch, loss_config):
   w = losses.cfg_get(loss_config, 'unimodal_weight', 0.0)
   for key, modality in (('audio_logits', 'audio'), ('face_logits', 'video')):
     if w and key in outputs:
-      term = losses.auxiliary_ce(outputs, batch, key, modality, smoothing)
+      term = losses.auxiliary_ce(outputs, batch, key, modality, smoothing,
+                                 losses.cfg_get(loss_config, 'soft_labels', False))
       aux[f'ce_{modality}'] = term
       total = total + w * term
   aux['total'] = total
