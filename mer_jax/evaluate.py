@@ -98,13 +98,14 @@ def evaluate_checkpoint(config, workdir: str, split: str = 'test', checkpoint: s
                 label_names=data.label_names,
                 corrupt=corruption.settings(config.get('corrupt')),
                 provenance=provenance.record(config, target))
+  text, report = per_class_report(result, data.label_names)
+  result['per_class'] = report['per_class']
   suffix = _corrupt_suffix(config)
   name = target.builder.name
   prefix = os.path.join(workdir, f'eval_{name}_{split}_{checkpoint}{suffix}'.replace('/', '_'))
   if jax.process_index() == 0:
     with open(prefix + '.json', 'w') as f:
       json.dump(result, f, indent=2)
-    text, report = per_class_report(result, data.label_names)
     with open(prefix + '_report.txt', 'w') as f:
       f.write(text + '\n')
     with open(prefix + '_report.json', 'w') as f:

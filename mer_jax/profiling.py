@@ -56,6 +56,10 @@ def _time(fn, repeats: int, warmup: int) -> list[float]:
   return times
 
 
+def _abstract_batch(host_batch):
+  return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
+
+
 def _abstract(tree):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(
       x, 'sharding', None)), tree)

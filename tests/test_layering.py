@@ -37,7 +37,7 @@ def test_contract_is_a_leaf():
 def test_registry_lists_every_paper_module():
   from mer_jax import models
   papers = {p.stem for p in (ROOT / 'mer_jax' / 'models').glob('*.py')} - {
-      '__init__', 'layers', 'encoders', 'resnet', 'resnet_import'}
+      '__init__', 'layers', 'encoders', 'resnet', 'resnet_import', 'efficientface'}
   assert set(models.names()) == papers
   for name in papers:  # each paper module owns its loss
     entry = models.get(name)

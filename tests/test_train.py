@@ -211,5 +211,7 @@ def test_early_stopping_ends_the_run(tiny_data_dir, tmp_path):
   cfg.optim.learning_rate = 0.0
   res = train.train_and_evaluate(cfg, str(tmp_path / 'early'))
   assert res['early_stopped'] is True
-  assert res['epochs'] == 3 and res['steps'] == 27  # best at epoch 1, then 2 without gain
-  assert res['best_step'] == 9
+  # (BatchNorm's running statistics still move at lr 0, so the best epoch may be 1 or 2.)
+  best_epoch = res['best_step'] // 9
+  assert best_epoch in (1, 2) and res['best_step'] % 9 == 0
+  assert res['epochs'] == best_epoch + 2 and res['steps'] == 9 * res['epochs']  # then 2 without gain
