@@ -12,6 +12,15 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / 'shared' / 'data'
 
 
+def pytest_configure(config):
+  # In-process runs of the same config compile the same steps: share them through
+  # JAX's persistent cache (as the subprocess runs do).
+  import jax
+  cache = pathlib.Path(os.environ.get('TMPDIR', '/tmp')) / f'mer_jax_test_jax_cache_{os.getuid()}'
+  jax.config.update('jax_compilation_cache_dir', str(cache))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
 @pytest.fixture(scope='session')
 def tiny_data_dir(tmp_path_factory):
   """TFDS data_dir holding `synthetic_av/small` (12 speakers, 4 frames of 32x32)."""
