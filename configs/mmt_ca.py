@@ -21,7 +21,9 @@ Real-data presets need the raw files: `--config.dataset.manual_dir=DIR`, e.g.
 DIR=../shared/data/ravdess (or ../shared/data for the pairing, which expects
 DIR/ravdess and DIR/ferplus).
 Variants: audio, face (unimodal heads), early, late, hybrid (fusion modes),
-from_validation (FER+ without FER2013Train), e.g. `configs/mmt_ca.py:synthetic+late`.
+from_validation (FER+ without FER2013Train), tuned (the audio recipe of
+experiments/results/ravdess_audio_loao.md beside the paper's), e.g.
+`configs/mmt_ca.py:ravdess_audio+tuned,fold=2,seed=1`.
 The paper's recipe is three runs: the face model on FER+, the audio model on
 RAVDESS, then the fused model initialised from both
 (`--config.model_init.kind=workdir`, see mer_jax/pretrained.py).
@@ -136,7 +138,25 @@ def _from_validation(c):
   c.dataset.test_split = 'validation[90%:]'
 
 
+def _tuned_audio(c):
+  # A recipe for the audio model on a few RAVDESS actors, chosen on validation actors
+  # (experiments/results/ravdess_audio_loao.md): learned input standardisation, a
+  # Conv1D front-end, a smaller transformer, SpecAugment, AdamW with warm-up and
+  # cosine, label smoothing, selection and early stopping on validation UAR.
+  # Leave-one-actor-out on the four sample actors: accuracy 28.2 +- 10.4 (4 folds x 3
+  # seeds), still below an RBF SVM on utterance statistics (42.5 +- 6.7).
+  c.model.update(audio_input_norm='batchnorm', audio_conv_channels=(64, 64), d_model=64,
+                 audio_layers=2, dropout_rate=0.2, head_dropout=0.3, audio_mask_time=30,
+                 audio_mask_freq=6)
+  c.optim.update(optimizer='adamw', learning_rate=1e-3, weight_decay=0.05, schedule='cosine',
+                 warmup_epochs=5.0)
+  c.input.batch_size = 16
+  c.loss.label_smoothing = 0.1
+  c.train.update(num_epochs=40, early_stopping_metric='uar', early_stopping_patience=15)
+
+
 VARIANTS = {
+    'tuned': _tuned_audio,
     'audio': config_lib.overrides(model=dict(head='audio')),
     'face': config_lib.overrides(model=dict(head='face')),
     'early': config_lib.overrides(model=dict(head='fused', fusion='early')),
@@ -151,7 +171,7 @@ TABLES = {
         ('audio', 'ravdess+audio'), ('face', 'ravdess+face'), ('early fusion', 'ravdess+early'),
         ('late fusion', 'ravdess+late'), ('hybrid fusion', 'ravdess+hybrid'))),
     'mmt_ca_ravdess_audio': config_lib.Table('The audio model on RAVDESS, leave-one-actor-out', (
-        ('audio model', 'ravdess_audio'),)),
+        ('paper recipe', 'ravdess_audio'), ('tuned recipe', 'ravdess_audio+tuned'))),
     'mmt_ca_ferplus_pairing': config_lib.Table('Fusion of real signals: RAVDESS speech x FER+ faces', (
         ('audio', 'ravdess_ferplus+audio'), ('face', 'ravdess_ferplus+face'),
         ('fused', 'ravdess_ferplus'))),
