@@ -48,6 +48,8 @@ class AVTCA(nn.Module):
   head_dropout: float = 0.0
   max_len: int = 512
   impl: str = 'auto'
+  remat: bool = False  # recompute the frame encoder's activations in the backward pass
+  dtype: str = 'float32'  # compute dtype ('bfloat16' halves activations); params stay float32
 
   @nn.compact
   def __call__(self, batch, train: bool = False):
@@ -55,11 +57,12 @@ class AVTCA(nn.Module):
     m_a, m_v = bc.modality_mask(batch, 'audio'), bc.modality_mask(batch, 'video')
     d, d_ff = self.d_model, self.d_ff_ratio * self.d_model
 
-    a = encoders.Conv1DAudioEncoder(self.audio_channels, name='audio_encoder')(audio, train)
-    a = nn.Dense(d, name='audio_proj')(a)
-    frame_enc = encoders.EfficientFrameEncoder(
+    dt = jnp.dtype(self.dtype)
+    a = encoders.Conv1DAudioEncoder(self.audio_channels, dtype=dt, name='audio_encoder')(audio, train)
+    a = nn.Dense(d, dtype=dt, name='audio_proj')(a)
+    frame_enc = encoders.frame_encoder_cls(encoders.EfficientFrameEncoder, self.remat)(
         self.frame_stem_features, self.frame_stage_features, self.frame_expansion,
-        self.local_grid, d, impl=self.impl, name='frame_encoder')
+        self.local_grid, d, impl=self.impl, dtype=dt, name='frame_encoder')
     v = encoders.encode_frames(frame_enc, video, train)
     a = a + self.param('audio_pos', nn.initializers.normal(0.02), (self.max_len, d))[: a.shape[1]]
     v = v + self.param('video_pos', nn.initializers.normal(0.02), (self.max_len, d))[: v.shape[1]]
@@ -67,7 +70,8 @@ class AVTCA(nn.Module):
     v = v * m_v[:, None, None]
 
     if self.use_intermediate_transformer:
-      tl = lambda name: layers.TransformerLayer(self.it_heads, d_ff, self.dropout_rate, name=name)
+      tl = lambda name: layers.TransformerLayer(self.it_heads, d_ff, self.dropout_rate, dtype=dt,
+                                                name=name)
       a = tl('it_audio_self')(a, train)
       v = tl('it_video_self')(v, train)
       # Audio queries video and video queries audio; a missing partner adds nothing.
@@ -77,12 +81,13 @@ class AVTCA(nn.Module):
       v = jnp.where(m_a[:, None, None] > 0, v_q, v) * m_v[:, None, None]
 
     if self.use_cross_attention:
-      mha = lambda h, name: layers.MultiHeadAttention(h, dropout_rate=self.dropout_rate, name=name)
+      mha = lambda h, name: layers.MultiHeadAttention(h, dropout_rate=self.dropout_rate, dtype=dt,
+                                                      name=name)
       # Cross-self-attention: o~ = o_cross + o_self.
       o_av = mha(self.ct_heads, 'csa_audio_to_video')(a, v, train) * m_v[:, None, None]
       o_va = mha(self.ct_heads, 'csa_video_to_audio')(v, a, train) * m_a[:, None, None]
-      a = nn.LayerNorm(name='csa_audio_ln')(a + o_av + mha(self.ct_heads, 'csa_audio_self')(a, a, train))
-      v = nn.LayerNorm(name='csa_video_ln')(v + o_va + mha(self.ct_heads, 'csa_video_self')(v, v, train))
+      a = nn.LayerNorm(dtype=dt, name='csa_audio_ln')(a + o_av + mha(self.ct_heads, 'csa_audio_self')(a, a, train))
+      v = nn.LayerNorm(dtype=dt, name='csa_video_ln')(v + o_va + mha(self.ct_heads, 'csa_video_self')(v, v, train))
       # Final cross-attention with h heads.
       ca, w_av = mha(self.ct_heads, 'ct_audio_to_video')(a, v, train, return_weights=True)
       cv, w_va = mha(self.ct_heads, 'ct_video_to_audio')(v, a, train, return_weights=True)
@@ -93,8 +98,8 @@ class AVTCA(nn.Module):
 
     pooled = a.max(axis=1) * m_a[:, None] + v.max(axis=1) * m_v[:, None]
     pooled = nn.Dropout(self.head_dropout)(pooled, deterministic=not train)
-    logits = nn.Dense(self.num_classes, name='classifier')(pooled)
-    return {'logits': logits}
+    logits = nn.Dense(self.num_classes, dtype=dt, name='classifier')(pooled)
+    return {'logits': logits.astype(jnp.float32)}  # the loss runs in float32
 
 
 # Plain cross-entropy on the logits; the paper adds no other term.

@@ -21,11 +21,12 @@ class Conv1DAudioEncoder(nn.Module):
   channels: Sequence[int] = (64, 128)
   kernel_size: int = 3
   pool: int = 2
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     for c in self.channels:
-      x = layers.ConvBNAct(c, (self.kernel_size,), padding='SAME')(x, train)
+      x = layers.ConvBNAct(c, (self.kernel_size,), padding='SAME', dtype=self.dtype)(x, train)
       x = nn.max_pool(x, (self.pool,), (self.pool,), padding='SAME')
     return x
 
@@ -37,16 +38,18 @@ class ChannelSpatialAttention(nn.Module):
   """
   reduction: int = 4
   impl: str = 'auto'
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     n, h, w, c = x.shape
-    pooled = x.mean(axis=(1, 2))
-    ca = nn.Dense(max(c // self.reduction, 4))(pooled)
-    ca = nn.sigmoid(nn.Dense(c)(nn.relu(ca)))  # [N, C]
-    sa = layers.PointwiseConv(1, impl=self.impl)(x).reshape(n, h * w)
-    sa = jax.nn.softmax(sa, axis=-1).reshape(n, h, w, 1) * (h * w)
-    return x * ca[:, None, None, :] * sa
+    pooled = x.astype(jnp.float32).mean(axis=(1, 2))
+    ca = nn.Dense(max(c // self.reduction, 4), dtype=self.dtype)(pooled)
+    ca = nn.sigmoid(nn.Dense(c, dtype=self.dtype)(nn.relu(ca)))  # [N, C]
+    sa = layers.PointwiseConv(1, impl=self.impl, dtype=self.dtype)(x).reshape(n, h * w)
+    # Softmax in float32 whatever the compute dtype.
+    sa = jax.nn.softmax(sa.astype(jnp.float32), axis=-1).reshape(n, h, w, 1) * (h * w)
+    return x.astype(self.dtype) * ca[:, None, None, :] * sa.astype(self.dtype)
 
 
 class LocalFeatureExtractor(nn.Module):
@@ -96,6 +99,8 @@ class LocalFeatureExtractor(nn.Module):
       for b in range(3):
         term = xp[:, :, a:a + ph, :, b:b + pw, :] * kernels[a, b][None, :, None, :, None, :]
         y = term if y is None else y + term
+    # Materialise y once; otherwise each patch's BatchNorm slice recomputes the sum.
+    y = jax.lax.optimization_barrier(y)
     cols = []
     for i in range(g):
       row = []
@@ -131,18 +136,29 @@ class EfficientFrameEncoder(nn.Module):
   local_grid: int = 2
   out_dim: int = 128
   impl: str = 'auto'
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, frames: Array, train: bool) -> Array:
     x = layers.normalize_frames(frames) if frames.dtype == jnp.uint8 else frames
-    x = layers.ConvBNAct(self.stem_features, (3, 3), strides=2)(x, train)
+    x = x.astype(self.dtype)
+    x = layers.ConvBNAct(self.stem_features, (3, 3), strides=2, impl=self.impl,
+                         dtype=self.dtype)(x, train)
     x = layers.max_pool_2d(x, 3, 2, impl=self.impl)
-    att = ChannelSpatialAttention(impl=self.impl)(x)
-    x = att + LocalFeatureExtractor(self.stem_features, self.local_grid, impl=self.impl)(x, train)
+    att = ChannelSpatialAttention(impl=self.impl, dtype=self.dtype)(x)
+    x = att + LocalFeatureExtractor(self.stem_features, self.local_grid, impl=self.impl,
+                                    dtype=self.dtype)(x, train)
     for c in self.stage_features:
-      x = layers.InvertedResidual(c, strides=2, expansion=self.expansion, impl=self.impl)(x, train)
-    x = x.mean(axis=(1, 2))
-    return nn.Dense(self.out_dim)(x)
+      x = layers.InvertedResidual(c, strides=2, expansion=self.expansion, impl=self.impl,
+                                  dtype=self.dtype)(x, train)
+    x = x.astype(jnp.float32).mean(axis=(1, 2))
+    return nn.Dense(self.out_dim, dtype=self.dtype)(x)
+
+
+def frame_encoder_cls(cls, remat: bool):
+  """`cls`, or with `remat` a version that recomputes its activations in the
+  backward pass instead of keeping them (same parameters; less memory, more compute)."""
+  return nn.remat(cls, static_argnums=(2,)) if remat else cls
 
 
 def encode_frames(encoder: nn.Module, video: Array, train: bool) -> Array:
