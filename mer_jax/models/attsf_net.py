@@ -27,7 +27,7 @@ token; see losses.kl_similarity_loss for the Gaussian model.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -45,12 +45,14 @@ class Conv2DAudioEncoder(nn.Module):
   channels: Sequence[int] = (64, 128, 256, 128)
   kernel_size: int = 3
   padding: str = 'VALID'
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     x = x[..., None]
     for c in self.channels:
-      x = layers.ConvBNAct(c, (self.kernel_size, self.kernel_size), padding=self.padding)(x, train)
+      x = layers.ConvBNAct(c, (self.kernel_size, self.kernel_size), padding=self.padding,
+                           dtype=self.dtype)(x, train)
       x = nn.max_pool(x, (2, 1), (2, 1))
     return x.reshape(x.shape[0], x.shape[1], -1)
 
@@ -116,6 +118,8 @@ class ATTSFNet(nn.Module):
   # and join only at the concatenation before the classifier.
   use_text: bool = False
   impl: str = 'auto'
+  remat: bool = False  # recompute the frame encoder's activations in the backward pass
+  dtype: str = 'float32'  # compute dtype of the encoders; params and fusion stay float32
 
   def _fuse(self, main, aux, name):
     if self.fusion == 'sum':
@@ -138,7 +142,9 @@ class ATTSFNet(nn.Module):
     drop = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=not train)
 
     # Audio: 2-D CNN, then LSTM (or Linear) to d, then the common length L.
-    a = Conv2DAudioEncoder(self.audio_channels, name='audio_cnn')(batch['audio'], train)
+    dt = jnp.dtype(self.dtype)
+    a = Conv2DAudioEncoder(self.audio_channels, dtype=dt, name='audio_cnn')(batch['audio'], train)
+    a = a.astype(jnp.float32)
     if self.audio_align == 'lstm':
       a = nn.RNN(nn.OptimizedLSTMCell(d), name='audio_lstm')(a)
     elif self.audio_align == 'linear':
@@ -150,10 +156,10 @@ class ATTSFNet(nn.Module):
     # Video: per-frame encoder, then Conv1D to d, then the common length L.
     video = batch['video']
     if video.ndim == 5:
-      frame_enc = encoders.EfficientFrameEncoder(
+      frame_enc = encoders.frame_encoder_cls(encoders.EfficientFrameEncoder, self.remat)(
           self.frame_stem_features, self.frame_stage_features, self.frame_expansion,
-          self.local_grid, self.frame_dim, impl=self.impl, name='frame_encoder')
-      v = encoders.encode_frames(frame_enc, video, train)
+          self.local_grid, self.frame_dim, impl=self.impl, dtype=dt, name='frame_encoder')
+      v = encoders.encode_frames(frame_enc, video, train).astype(jnp.float32)
     else:
       v = video.astype(jnp.float32)
     v = nn.relu(nn.Conv(d, (self.video_kernel,), padding='SAME', name='video_conv1d')(v))

@@ -201,20 +201,23 @@ class ConvFrameEncoder(nn.Module):
   out_dim: int = 128
   dropout_rate: float = 0.0
   stem_stride: int = 1  # 2 halves the first conv's output: ~4x cheaper on large frames
+  impl: str = 'xla'
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, frames: Array, train: bool) -> Array:
     if frames.shape[-1] == 1:
       frames = jnp.repeat(frames, 3, axis=-1)
     x = layers.normalize_frames(frames) if frames.dtype == jnp.uint8 else frames
+    x = x.astype(self.dtype)
     for i, c in enumerate(self.channels):
       for j in range(self.convs_per_block):
         stride = self.stem_stride if i == 0 and j == 0 else 1
-        x = layers.ConvBNAct(c, (3, 3), strides=stride)(x, train)
-      x = nn.max_pool(x, (2, 2), (2, 2), padding='SAME')
-    x = x.mean(axis=(1, 2))
+        x = layers.ConvBNAct(c, (3, 3), strides=stride, impl=self.impl, dtype=self.dtype)(x, train)
+      x = layers.max_pool_2d(x, 2, 2, impl=self.impl)
+    x = x.astype(jnp.float32).mean(axis=(1, 2))
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    return nn.Dense(self.out_dim)(x)
+    return nn.Dense(self.out_dim, dtype=self.dtype)(x)
 
 
 def as_frame_sequence(video: Array) -> Array:

@@ -62,6 +62,9 @@ class MMTCA(nn.Module):
   face_convs_per_block: int = 1
   face_stem_stride: int = 1
   head_dropout: float = 0.1
+  impl: str = 'xla'  # 'matmul': the CPU-fast im2col convolutions and max-pool of the face CNN
+  remat: bool = False  # recompute the frame encoder's activations in the backward pass
+  dtype: str = 'float32'  # compute dtype of the encoders; params and fusion stay float32
 
   def _audio(self, batch, train):
     enc = encoders.SequenceTransformerEncoder(
@@ -75,10 +78,11 @@ class MMTCA(nn.Module):
       feats = video.astype(jnp.float32)
     else:
       video = encoders.as_frame_sequence(video)
-      cnn = encoders.ConvFrameEncoder(self.face_channels, self.face_convs_per_block,
-                                      self.d_model, stem_stride=self.face_stem_stride,
-                                      name='face_cnn')
-      feats = encoders.encode_frames(cnn, video, train)
+      cnn = encoders.frame_encoder_cls(encoders.ConvFrameEncoder, self.remat)(
+          self.face_channels, self.face_convs_per_block, self.d_model,
+          stem_stride=self.face_stem_stride, impl=self.impl, dtype=jnp.dtype(self.dtype),
+          name='face_cnn')
+      feats = encoders.encode_frames(cnn, video, train).astype(jnp.float32)
     enc = encoders.SequenceTransformerEncoder(
         self.d_model, self.face_layers, self.num_heads, self.d_ff_ratio * self.d_model,
         self.dropout_rate, name='face_encoder')

@@ -95,12 +95,16 @@ class OFCMAERCAT(nn.Module):
   head: str = 'projection'  # 'projection' (Eqs. 12-13) | 'concat' (Eqs. 20-22)
   head_hidden: int = 128
   max_len: int = 512
+  impl: str = 'xla'  # 'matmul': the CPU-fast im2col convolutions and max-pool of the face CNN
+  remat: bool = False  # recompute the frame encoder's activations in the backward pass
+  dtype: str = 'float32'  # compute dtype of the encoders; params and fusion stay float32
 
   def _encode(self, name, x, train):
     if name == 'video' and x.ndim == 5:
-      cnn = encoders.ConvFrameEncoder(self.frame_channels, out_dim=self.d_model,
-                                      stem_stride=self.frame_stem_stride, name='video_encoder')
-      return encoders.encode_frames(cnn, x, train)
+      cnn = encoders.frame_encoder_cls(encoders.ConvFrameEncoder, self.remat)(
+          self.frame_channels, out_dim=self.d_model, stem_stride=self.frame_stem_stride,
+          impl=self.impl, dtype=jnp.dtype(self.dtype), name='video_encoder')
+      return encoders.encode_frames(cnn, x, train).astype(jnp.float32)
     return SequenceCNNEncoder(self.seq_channels, self.d_model, self.seq_pool,
                               name=f'{name}_encoder')(x, train)
 

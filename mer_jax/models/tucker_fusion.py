@@ -22,7 +22,7 @@ and the classifier.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -38,12 +38,13 @@ Array = jax.Array
 class Conv2DLogMelEncoder(nn.Module):
   """[B, T, F] -> blocks of (Conv 3x3 -> BN -> ReLU -> max-pool 3x3/2) -> [B, T', C]."""
   channels: Sequence[int] = (64, 128)
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     x = x[..., None]
     for c in self.channels:
-      x = layers.ConvBNAct(c, (3, 3))(x, train)
+      x = layers.ConvBNAct(c, (3, 3), dtype=self.dtype)(x, train)
       x = nn.max_pool(x, (3, 3), (2, 2), padding='SAME')
     return x.mean(axis=2)
 
@@ -85,20 +86,24 @@ class TuckerCrossAttentionFusion(nn.Module):
   dropout_rate: float = 0.5
   attention_dropout: float = 0.1
   tucker_naive: bool = False
+  remat: bool = False  # recompute the frame encoder's activations in the backward pass
+  dtype: str = 'float32'  # compute dtype of the encoders; params and fusion stay float32
 
   @nn.compact
   def __call__(self, batch, train: bool = False):
     d = self.d_model
     m_a, m_v = bc.modality_mask(batch, 'audio'), bc.modality_mask(batch, 'video')
 
-    a = Conv2DLogMelEncoder(self.audio_channels, name='audio_cnn')(batch['audio'], train)
-    a = nn.Dense(d, name='audio_proj')(a)
+    dt = jnp.dtype(self.dtype)
+    a = Conv2DLogMelEncoder(self.audio_channels, dtype=dt, name='audio_cnn')(batch['audio'], train)
+    a = nn.Dense(d, name='audio_proj')(a.astype(jnp.float32))
     a = layers.resize_time(a, self.t_common) * m_a[:, None, None]
 
     video = batch['video']
     if video.ndim == 5:
       frames = layers.normalize_frames(video) if video.dtype == jnp.uint8 else video
-      cnn = resnet.ResNet(self.resnet_stage_sizes, self.resnet_widths, None, name='resnet')
+      cnn = encoders.frame_encoder_cls(resnet.ResNet, self.remat)(
+          self.resnet_stage_sizes, self.resnet_widths, None, dtype=dt, name='resnet')
       v = encoders.encode_frames(cnn, frames, train)  # [B, T, 512]
     else:
       v = video.astype(jnp.float32)
