@@ -156,9 +156,10 @@ class ATTSFNet(nn.Module):
     # Video: per-frame encoder, then Conv1D to d, then the common length L.
     video = batch['video']
     if video.ndim == 5:
-      frame_enc = encoders.frame_encoder_cls(encoders.EfficientFrameEncoder, self.remat)(
+      frame_enc = encoders.EfficientFrameEncoder(
           self.frame_stem_features, self.frame_stage_features, self.frame_expansion,
-          self.local_grid, self.frame_dim, impl=self.impl, dtype=dt, name='frame_encoder')
+          self.local_grid, self.frame_dim, impl=self.impl, dtype=dt, remat=self.remat,
+          name='frame_encoder')
       v = encoders.encode_frames(frame_enc, video, train).astype(jnp.float32)
     else:
       v = video.astype(jnp.float32)

@@ -60,9 +60,9 @@ class AVTCA(nn.Module):
     dt = jnp.dtype(self.dtype)
     a = encoders.Conv1DAudioEncoder(self.audio_channels, dtype=dt, name='audio_encoder')(audio, train)
     a = nn.Dense(d, dtype=dt, name='audio_proj')(a)
-    frame_enc = encoders.frame_encoder_cls(encoders.EfficientFrameEncoder, self.remat)(
+    frame_enc = encoders.EfficientFrameEncoder(
         self.frame_stem_features, self.frame_stage_features, self.frame_expansion,
-        self.local_grid, d, impl=self.impl, dtype=dt, name='frame_encoder')
+        self.local_grid, d, impl=self.impl, dtype=dt, remat=self.remat, name='frame_encoder')
     v = encoders.encode_frames(frame_enc, video, train)
     a = a + self.param('audio_pos', nn.initializers.normal(0.02), (self.max_len, d))[: a.shape[1]]
     v = v + self.param('video_pos', nn.initializers.normal(0.02), (self.max_len, d))[: v.shape[1]]

@@ -123,6 +123,20 @@ class _DepthwiseKernel(nn.Module):
     return self.param('kernel', layers.default_kernel_init, (k, k, 1, self.channels))
 
 
+class _StemPool(nn.Module):
+  """The frame encoder's stem, a 3x3/2 ConvBNAct (same parameter names), then 3x3/2 max-pool."""
+  features: int
+  impl: str = 'auto'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    x = layers.Conv(self.features, (3, 3), 2, impl=self.impl, dtype=self.dtype, name='Conv_0')(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
+                     name='BatchNorm_0')(x)
+    return layers.max_pool_2d(nn.relu(x), 3, 2, impl=self.impl)
+
+
 class EfficientFrameEncoder(nn.Module):
   """Light per-frame face encoder (EfficientFace-like, as AVT-CA describes it).
 
@@ -137,20 +151,25 @@ class EfficientFrameEncoder(nn.Module):
   out_dim: int = 128
   impl: str = 'auto'
   dtype: Any = jnp.float32
+  remat: bool = False  # recompute each block's activations in the backward pass
 
   @nn.compact
   def __call__(self, frames: Array, train: bool) -> Array:
+    # Per-block checkpoints (explicit names keep the parameter tree): only block
+    # inputs stay alive for the backward pass, one block's internals at a time.
+    ck = (lambda cls, *static: nn.remat(cls, static_argnums=static)) if self.remat else (
+        lambda cls, *static: cls)
     x = layers.normalize_frames(frames) if frames.dtype == jnp.uint8 else frames
     x = x.astype(self.dtype)
-    x = layers.ConvBNAct(self.stem_features, (3, 3), strides=2, impl=self.impl,
-                         dtype=self.dtype)(x, train)
-    x = layers.max_pool_2d(x, 3, 2, impl=self.impl)
-    att = ChannelSpatialAttention(impl=self.impl, dtype=self.dtype)(x)
-    x = att + LocalFeatureExtractor(self.stem_features, self.local_grid, impl=self.impl,
-                                    dtype=self.dtype)(x, train)
-    for c in self.stage_features:
-      x = layers.InvertedResidual(c, strides=2, expansion=self.expansion, impl=self.impl,
-                                  dtype=self.dtype)(x, train)
+    x = ck(_StemPool, 2)(self.stem_features, self.impl, self.dtype, name='ConvBNAct_0')(x, train)
+    att = ck(ChannelSpatialAttention)(impl=self.impl, dtype=self.dtype,
+                                       name='ChannelSpatialAttention_0')(x)
+    x = att + ck(LocalFeatureExtractor, 2)(self.stem_features, self.local_grid, impl=self.impl,
+                                           dtype=self.dtype,
+                                           name='LocalFeatureExtractor_0')(x, train)
+    for i, c in enumerate(self.stage_features):
+      x = ck(layers.InvertedResidual, 2)(c, strides=2, expansion=self.expansion, impl=self.impl,
+                                         dtype=self.dtype, name=f'InvertedResidual_{i}')(x, train)
     x = x.astype(jnp.float32).mean(axis=(1, 2))
     return nn.Dense(self.out_dim, dtype=self.dtype)(x)
 
