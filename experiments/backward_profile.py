@@ -16,6 +16,7 @@ saved run beside this one (ratio column = bwd / fwd within a row).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import statistics
@@ -249,9 +250,11 @@ def main(argv):
   for impl in [s for s in FLAGS.impls.split(',') if s] or [config.model.get('impl', 'auto')]:
     for remat in [s for s in FLAGS.remat.split(',') if s] or [None]:
       cfg = config.copy_and_resolve_references()
-      if 'impl' in cfg.model:
+      from mer_jax import models
+      fields = {f.name for f in dataclasses.fields(models.get(cfg.model.name).module_cls)}
+      if 'impl' in fields:
         cfg.model.impl = impl
-      if remat is not None:
+      if remat is not None and 'remat' in fields:
         cfg.model.remat = remat == 'true'
       if FLAGS.dtype:
         cfg.model.dtype = FLAGS.dtype
