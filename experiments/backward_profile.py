@@ -16,6 +16,7 @@ saved run beside this one (ratio column = bwd / fwd within a row).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import statistics
@@ -53,15 +54,13 @@ def _peak_rss_gib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def profile_model(config, batch_size: int, repeats: int) -> dict:
+def _model_loss(config, batch_size: int):
   from mer_jax import benchmark, models
   model = models.build(config.model, config.dataset.num_classes)
   entry = models.get(config.model.name)
   batch = {k: jnp.asarray(v) for k, v in benchmark.random_batch(config, batch_size).items()}
-  small = {k: v[:1] for k, v in batch.items()}
   variables = model.init({'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)},
-                         small, train=False)
-  params = variables['params']
+                         {k: v[:1] for k, v in batch.items()}, train=False)
   rest = {k: v for k, v in variables.items() if k != 'params'}
 
   def loss(p, b):
@@ -69,8 +68,19 @@ def profile_model(config, batch_size: int, repeats: int) -> dict:
                          rngs={'dropout': jax.random.PRNGKey(0)})
     return entry.loss_fn(out, b, config.loss)[0]
 
+  return loss, variables['params'], batch
+
+
+def profile_model(config, batch_size: int, repeats: int) -> dict:
+  from mer_jax import models
+  loss, params, batch = _model_loss(config, batch_size)
+  model = models.build(config.model, config.dataset.num_classes)
+  stats = jax.tree.map(jnp.zeros_like, model.init(
+      {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)},
+      {k: v[:1] for k, v in batch.items()}, train=False).get('batch_stats', {}))
+
   def eval_fwd(p, b):
-    return model.apply({'params': p, **rest}, b, train=False)['logits']
+    return model.apply({'params': p, 'batch_stats': stats}, b, train=False)['logits']
 
   c_f, t_f = _time(loss, (params, batch), repeats)
   c_b, t_b = _time(jax.value_and_grad(loss), (params, batch), repeats)
@@ -103,7 +113,7 @@ def _blocks(config, batch_size: int, impl: str):
   kw = {'impl': impl}
   out = [
       ('stem conv 3x3/2 + BN + ReLU', layers.ConvBNAct(stem, (3, 3), strides=2, **_stem_kw(impl)),
-       r(n, h, w, 3), {'train': True}),
+       r(n, h, w, 3), {'train': True, '_no_dx': True}),
       ('max-pool 3x3/2', _Fn(lambda x: layers.max_pool_2d(x, 3, 2, impl=impl)),
        r(n, h2, w2, stem), {}),
       ('depthwise 3x3/1', layers.DepthwiseConv(3, 1, **kw), r(n, h4, w4, stem * exp), {}),
@@ -137,6 +147,8 @@ class _Fn(nn.Module):
 def profile_blocks(config, batch_size: int, impl: str, repeats: int) -> list[dict]:
   rows = []
   for name, module, x, kwargs in _blocks(config, batch_size, impl):
+    kwargs = dict(kwargs)
+    argnums = 0 if kwargs.pop('_no_dx', False) else (0, 1)  # the stem's input is data
     variables = module.init(jax.random.PRNGKey(0), x, **kwargs)
     params = variables.get('params', {})
     rest = {k: v for k, v in variables.items() if k != 'params'}
@@ -148,27 +160,10 @@ def profile_blocks(config, batch_size: int, impl: str, repeats: int) -> list[dic
       return jnp.sum(out * out) * 1e-6
 
     _, t_f = _time(loss, (params, x), repeats)
-    _, t_b = _time(jax.value_and_grad(loss, argnums=(0, 1)), (params, x), repeats)
+    _, t_b = _time(jax.value_and_grad(loss, argnums=argnums), (params, x), repeats)
     rows.append({'name': f'{name} {list(x.shape)}', 'impl': impl, 'remat': '-',
                  'dtype': 'float32', 'fwd_s': t_f, 'fwd_bwd_s': t_b})
   return rows
-
-
-def _model_loss(config, batch_size: int):
-  from mer_jax import benchmark, models
-  model = models.build(config.model, config.dataset.num_classes)
-  entry = models.get(config.model.name)
-  batch = {k: jnp.asarray(v) for k, v in benchmark.random_batch(config, batch_size).items()}
-  variables = model.init({'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)},
-                         {k: v[:1] for k, v in batch.items()}, train=False)
-  rest = {k: v for k, v in variables.items() if k != 'params'}
-
-  def loss(p, b):
-    out, _ = model.apply({'params': p, **rest}, b, train=True, mutable=['batch_stats'],
-                         rngs={'dropout': jax.random.PRNGKey(0)})
-    return entry.loss_fn(out, b, config.loss)[0]
-
-  return loss, variables['params'], batch
 
 
 def trace_top(config, batch_size: int, top: int, trace_dir: str = '/tmp/backward_profile_trace'):
@@ -255,9 +250,11 @@ def main(argv):
   for impl in [s for s in FLAGS.impls.split(',') if s] or [config.model.get('impl', 'auto')]:
     for remat in [s for s in FLAGS.remat.split(',') if s] or [None]:
       cfg = config.copy_and_resolve_references()
-      if 'impl' in cfg.model:
+      from mer_jax import models
+      fields = {f.name for f in dataclasses.fields(models.get(cfg.model.name).module_cls)}
+      if 'impl' in fields:
         cfg.model.impl = impl
-      if remat is not None:
+      if remat is not None and 'remat' in fields:
         cfg.model.remat = remat == 'true'
       if FLAGS.dtype:
         cfg.model.dtype = FLAGS.dtype

@@ -1,5 +1,6 @@
 """The CPU-fast formulations equal XLA's convolution and pooling exactly."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,3 +51,39 @@ def test_attention_mask_hides_positions():
   kv2 = kv.at[:, 3:].set(100.0)
   np.testing.assert_allclose(mha.apply(params, q, kv, False, kv_mask=mask),
                              mha.apply(params, q, kv2, False, kv_mask=mask), atol=1e-5)
+
+
+def test_max_pool_gradient_ties_go_to_first_maximum():
+  # ReLU outputs are full of equal zeros; both paths must route gradient identically.
+  x = jnp.round(jax.random.normal(jax.random.PRNGKey(3), (2, 9, 10, 3)))
+  ga = jax.grad(lambda x: jnp.sum(layers.max_pool_2d(x, 3, 2, impl='xla') * jnp.arange(3.)))(x)
+  gb = jax.grad(lambda x: jnp.sum(layers.max_pool_2d(x, 3, 2, impl='matmul') * jnp.arange(3.)))(x)
+  np.testing.assert_array_equal(ga, gb)
+
+
+@pytest.mark.parametrize('stride,size', [(1, 7), (2, 8), (2, 9)])
+def test_depthwise_gradients_equal_xla(stride, size):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, 5))
+  mods = {impl: layers.DepthwiseConv(3, stride, impl=impl) for impl in ('xla', 'matmul')}
+  params = mods['xla'].init(jax.random.PRNGKey(1), x)
+  grads = {impl: jax.grad(lambda p, x: jnp.sum(jnp.sin(m.apply(p, x))), argnums=(0, 1))(params, x)
+           for impl, m in mods.items()}
+  for a, b in zip(jax.tree.leaves(grads['xla']), jax.tree.leaves(grads['matmul'])):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize('strides,padding,size', [(2, 'SAME', 9), (2, 'SAME', 8), (1, 'VALID', 7),
+                                                  (1, ((1, 1), (1, 1)), 6), ((2, 1), 'SAME', 7)])
+def test_im2col_conv_equals_xla(strides, padding, size):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size + 1, 3))
+  mods = {impl: layers.Conv(4, (3, 3), strides, padding, impl=impl) for impl in ('xla', 'matmul')}
+  params = mods['xla'].init(jax.random.PRNGKey(1), x)
+  np.testing.assert_allclose(mods['xla'].apply(params, x), mods['matmul'].apply(params, x),
+                             atol=1e-5)
+  grads = {impl: jax.grad(lambda p, x: jnp.sum(jnp.sin(m.apply(p, x))), argnums=(0, 1))(params, x)
+           for impl, m in mods.items()}
+  for a, b in zip(jax.tree.leaves(grads['xla']), jax.tree.leaves(grads['matmul'])):
+    np.testing.assert_allclose(a, b, atol=1e-4)
+  # Same parameter tree as the nn.Conv it replaces inside ConvBNAct.
+  ref = nn.Conv(4, (3, 3), strides, padding, use_bias=False).init(jax.random.PRNGKey(1), x)
+  assert jax.tree.map(jnp.shape, ref) == jax.tree.map(jnp.shape, params)

@@ -51,7 +51,7 @@ alignment is padding-free. The text stream masks its attention keys and mean.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -81,16 +81,18 @@ class Conv2DAudioEncoder(nn.Module):
   channels: Sequence[int] = (64, 128, 256, 128)
   kernel_size: int = 3
   padding: str = 'VALID'
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool, valid: Array):
     x = x[..., None]
     k = self.kernel_size
     for c in self.channels:
-      x = x * valid[:, :, None, None]
+      x = x * valid[:, :, None, None].astype(x.dtype)
       if self.padding == 'VALID':
         valid = _all_valid(valid, k, 1)
-      x = layers.ConvBNAct(c, (k, k), padding=self.padding)(x, train, mask=valid[:, :, None, None])
+      x = layers.ConvBNAct(c, (k, k), padding=self.padding, dtype=self.dtype)(
+          x, train, mask=valid[:, :, None, None])
       x = nn.max_pool(x, (2, 1), (2, 1))
       valid = _all_valid(valid, 2, 2)
     return x.reshape(x.shape[0], x.shape[1], -1), valid
@@ -186,6 +188,8 @@ class ATTSFNet(nn.Module):
   # enhancement block of [27]); 'avam' | 'pool' (AVAM -> temporal pooling of [27]).
   fusion_block: str = 'cmb'
   aux_encoder: str = 'avam'
+  remat: bool = False  # recompute the frame encoder's activations in the backward pass
+  dtype: str = 'float32'  # compute dtype of the encoders; params and fusion stay float32
 
   def _fuse(self, main, aux, name):
     if self.fusion == 'sum':
@@ -213,9 +217,11 @@ class ATTSFNet(nn.Module):
       raise ValueError(f"aux_encoder must be 'avam' or 'pool', got {self.aux_encoder!r}")
 
     # Audio: 2-D CNN, then LSTM (or Linear) to d, then the common length L.
+    dt = jnp.dtype(self.dtype)
     # The forward LSTM's outputs at real steps never see the padding after them.
-    a, a_valid = Conv2DAudioEncoder(self.audio_channels, name='audio_cnn')(
+    a, a_valid = Conv2DAudioEncoder(self.audio_channels, dtype=dt, name='audio_cnn')(
         batch['audio'], train, bc.time_valid(batch, 'audio'))
+    a = a.astype(jnp.float32)
     if self.audio_align == 'lstm':
       a = nn.RNN(nn.OptimizedLSTMCell(d), name='audio_lstm')(a)
     elif self.audio_align == 'linear':
@@ -230,9 +236,9 @@ class ATTSFNet(nn.Module):
     if video.ndim == 5:
       frame_enc = encoders.EfficientFrameEncoder(
           self.frame_stem_features, self.frame_stage_features, self.frame_expansion,
-          self.local_grid, self.frame_dim, impl=self.impl, arch=self.frame_arch,
-          name='frame_encoder')
-      v = encoders.encode_frames(frame_enc, video, train)
+          self.local_grid, self.frame_dim, impl=self.impl, arch=self.frame_arch, dtype=dt,
+          remat=self.remat, name='frame_encoder')
+      v = encoders.encode_frames(frame_enc, video, train).astype(jnp.float32)
     else:
       v = video.astype(jnp.float32)
     v_valid = bc.time_valid(batch, 'video')

@@ -64,6 +64,8 @@ class AVTCA(nn.Module):
   impl: str = 'auto'
   # Section III-C reading of o_self (see the module docstring): False = residual only.
   csa_self_attention: bool = False
+  remat: bool = False  # recompute the frame encoder's activations in the backward pass
+  dtype: str = 'float32'  # compute dtype ('bfloat16' halves activations); params stay float32
 
   @nn.compact
   def __call__(self, batch, train: bool = False):
@@ -71,23 +73,25 @@ class AVTCA(nn.Module):
     m_a, m_v = bc.modality_mask(batch, 'audio'), bc.modality_mask(batch, 'video')
     d, d_ff = self.d_model, self.d_ff_ratio * self.d_model
 
+    dt = jnp.dtype(self.dtype)
     a_valid = bc.time_valid(batch, 'audio')
-    audio_enc = encoders.Conv1DAudioEncoder(self.audio_channels, name='audio_encoder')
+    audio_enc = encoders.Conv1DAudioEncoder(self.audio_channels, dtype=dt, name='audio_encoder')
     a = audio_enc(audio, train, valid=a_valid)
     a_valid = encoders.pool_valid(a_valid, audio_enc.pool, len(self.audio_channels))
-    a = nn.Dense(d, name='audio_proj')(a)
+    a = nn.Dense(d, dtype=dt, name='audio_proj')(a)
     v_valid = bc.time_valid(batch, 'video')
     if video.ndim == 3:
       # Pre-extracted per-frame vectors (CMU-MOSEI's FACET) [B, T, F]: the audio
       # branch's Conv1D blocks instead of the frame CNN.
-      v = encoders.Conv1DAudioEncoder(self.audio_channels, name='video_feature_encoder')(
+      v = encoders.Conv1DAudioEncoder(self.audio_channels, dtype=dt, name='video_feature_encoder')(
           video.astype(jnp.float32), train, valid=v_valid)
       v_valid = encoders.pool_valid(v_valid, 2, len(self.audio_channels))
-      v = nn.Dense(d, name='video_proj')(v)
+      v = nn.Dense(d, dtype=dt, name='video_proj')(v)
     else:
       frame_enc = encoders.EfficientFrameEncoder(
           self.frame_stem_features, self.frame_stage_features, self.frame_expansion,
-          self.local_grid, d, impl=self.impl, arch=self.frame_arch, name='frame_encoder')
+          self.local_grid, d, impl=self.impl, arch=self.frame_arch, dtype=dt, remat=self.remat,
+          name='frame_encoder')
       v = encoders.encode_frames(frame_enc, video, train)
     a = a + self.param('audio_pos', nn.initializers.normal(0.02), (self.max_len, d))[: a.shape[1]]
     v = v + self.param('video_pos', nn.initializers.normal(0.02), (self.max_len, d))[: v.shape[1]]
@@ -95,7 +99,8 @@ class AVTCA(nn.Module):
     v = v * m_v[:, None, None]
 
     if self.use_intermediate_transformer:
-      tl = lambda name: layers.TransformerLayer(self.it_heads, d_ff, self.dropout_rate, name=name)
+      tl = lambda name: layers.TransformerLayer(self.it_heads, d_ff, self.dropout_rate, dtype=dt,
+                                                name=name)
       a = tl('it_audio_self')(a, train, context_mask=a_valid)
       v = tl('it_video_self')(v, train, context_mask=v_valid)
       # Audio queries video and video queries audio; a missing partner adds nothing.
@@ -105,15 +110,16 @@ class AVTCA(nn.Module):
       v = jnp.where(m_a[:, None, None] > 0, v_q, v) * m_v[:, None, None]
 
     if self.use_cross_attention:
-      mha = lambda h, name: layers.MultiHeadAttention(h, dropout_rate=self.dropout_rate, name=name)
+      mha = lambda h, name: layers.MultiHeadAttention(h, dropout_rate=self.dropout_rate, dtype=dt,
+                                                      name=name)
       # Cross-self-attention: o~ = o_cross + o_self (the residual input).
       o_av = mha(self.ct_heads, 'csa_audio_to_video')(a, v, train, kv_mask=v_valid) * m_v[:, None, None]
       o_va = mha(self.ct_heads, 'csa_video_to_audio')(v, a, train, kv_mask=a_valid) * m_a[:, None, None]
       if self.csa_self_attention:
         o_av = o_av + mha(self.ct_heads, 'csa_audio_self')(a, a, train, kv_mask=a_valid)
         o_va = o_va + mha(self.ct_heads, 'csa_video_self')(v, v, train, kv_mask=v_valid)
-      a = nn.LayerNorm(name='csa_audio_ln')(a + o_av)
-      v = nn.LayerNorm(name='csa_video_ln')(v + o_va)
+      a = nn.LayerNorm(dtype=dt, name='csa_audio_ln')(a + o_av)
+      v = nn.LayerNorm(dtype=dt, name='csa_video_ln')(v + o_va)
       # Final cross-attention with h heads.
       ca, w_av = mha(self.ct_heads, 'ct_audio_to_video')(a, v, train, kv_mask=v_valid,
                                                           return_weights=True)
@@ -127,8 +133,8 @@ class AVTCA(nn.Module):
     pooled = (layers.masked_max(a, a_valid) * m_a[:, None]
               + layers.masked_max(v, v_valid) * m_v[:, None])
     pooled = nn.Dropout(self.head_dropout)(pooled, deterministic=not train)
-    logits = nn.Dense(self.num_classes, name='classifier')(pooled)
-    return {'logits': logits}
+    logits = nn.Dense(self.num_classes, dtype=dt, name='classifier')(pooled)
+    return {'logits': logits.astype(jnp.float32)}  # the loss runs in float32
 
 
 # Plain cross-entropy on the logits; the paper adds no other term.

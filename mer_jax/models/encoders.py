@@ -25,16 +25,18 @@ class Conv1DAudioEncoder(nn.Module):
   channels: Sequence[int] = (64, 128)
   kernel_size: int = 3
   pool: int = 2
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool, valid=None) -> Array:
     for c in self.channels:
       if valid is None:
-        x = layers.ConvBNAct(c, (self.kernel_size,), padding='SAME')(x, train)
+        x = layers.ConvBNAct(c, (self.kernel_size,), padding='SAME', dtype=self.dtype)(x, train)
         x = nn.max_pool(x, (self.pool,), (self.pool,), padding='SAME')
         continue
       m = valid[..., None]
-      x = layers.ConvBNAct(c, (self.kernel_size,), padding='SAME')(x * m, train, mask=m)
+      x = layers.ConvBNAct(c, (self.kernel_size,), padding='SAME', dtype=self.dtype)(
+          x * m.astype(x.dtype), train, mask=m)
       x = jnp.where(m > 0, x, jnp.finfo(x.dtype).min)
       x = nn.max_pool(x, (self.pool,), (self.pool,), padding='SAME')
       valid = pool_valid(valid, self.pool)
@@ -60,16 +62,18 @@ class ChannelSpatialAttention(nn.Module):
   """
   reduction: int = 4
   impl: str = 'auto'
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     n, h, w, c = x.shape
-    pooled = x.mean(axis=(1, 2))
-    ca = nn.Dense(max(c // self.reduction, 4))(pooled)
-    ca = nn.sigmoid(nn.Dense(c)(nn.relu(ca)))  # [N, C]
-    sa = layers.PointwiseConv(1, impl=self.impl)(x).reshape(n, h * w)
-    sa = jax.nn.softmax(sa, axis=-1).reshape(n, h, w, 1) * (h * w)
-    return x * ca[:, None, None, :] * sa
+    pooled = x.astype(jnp.float32).mean(axis=(1, 2))
+    ca = nn.Dense(max(c // self.reduction, 4), dtype=self.dtype)(pooled)
+    ca = nn.sigmoid(nn.Dense(c, dtype=self.dtype)(nn.relu(ca)))  # [N, C]
+    sa = layers.PointwiseConv(1, impl=self.impl, dtype=self.dtype)(x).reshape(n, h * w)
+    # Softmax in float32 whatever the compute dtype.
+    sa = jax.nn.softmax(sa.astype(jnp.float32), axis=-1).reshape(n, h, w, 1) * (h * w)
+    return x.astype(self.dtype) * ca[:, None, None, :] * sa.astype(self.dtype)
 
 
 class LocalFeatureExtractor(nn.Module):
@@ -119,6 +123,8 @@ class LocalFeatureExtractor(nn.Module):
       for b in range(3):
         term = xp[:, :, a:a + ph, :, b:b + pw, :] * kernels[a, b][None, :, None, :, None, :]
         y = term if y is None else y + term
+    # Materialise y once; otherwise each patch's BatchNorm slice recomputes the sum.
+    y = jax.lax.optimization_barrier(y)
     cols = []
     for i in range(g):
       row = []
@@ -141,6 +147,20 @@ class _DepthwiseKernel(nn.Module):
     return self.param('kernel', layers.default_kernel_init, (k, k, 1, self.channels))
 
 
+class _StemPool(nn.Module):
+  """The frame encoder's stem, a 3x3/2 ConvBNAct (same parameter names), then 3x3/2 max-pool."""
+  features: int
+  impl: str = 'auto'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    x = layers.Conv(self.features, (3, 3), 2, impl=self.impl, dtype=self.dtype, name='Conv_0')(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
+                     name='BatchNorm_0')(x)
+    return layers.max_pool_2d(nn.relu(x), 3, 2, impl=self.impl)
+
+
 class EfficientFrameEncoder(nn.Module):
   """Light per-frame face encoder (EfficientFace-like, as AVT-CA describes it).
 
@@ -158,23 +178,39 @@ class EfficientFrameEncoder(nn.Module):
   out_dim: int = 128
   impl: str = 'auto'
   arch: str = 'compact'  # 'compact' | 'efficientface'
+  dtype: Any = jnp.float32
+  remat: bool = False  # recompute each block's activations in the backward pass
 
   @nn.compact
   def __call__(self, frames: Array, train: bool) -> Array:
+    # Per-block checkpoints (explicit names keep the parameter tree): only block
+    # inputs stay alive for the backward pass, one block's internals at a time.
+    ck = (lambda cls, *static: nn.remat(cls, static_argnums=static)) if self.remat else (
+        lambda cls, *static: cls)
     x = layers.normalize_frames(frames) if frames.dtype == jnp.uint8 else frames
     if self.arch == 'efficientface':
       x = efficientface.EfficientFace(impl=self.impl, name='backbone')(x, train)
       return nn.Dense(self.out_dim, name='proj')(x)
     if self.arch != 'compact':
       raise ValueError(f"arch must be 'compact' or 'efficientface', got {self.arch!r}")
-    x = layers.ConvBNAct(self.stem_features, (3, 3), strides=2)(x, train)
-    x = layers.max_pool_2d(x, 3, 2, impl=self.impl)
-    att = ChannelSpatialAttention(impl=self.impl)(x)
-    x = att + LocalFeatureExtractor(self.stem_features, self.local_grid, impl=self.impl)(x, train)
-    for c in self.stage_features:
-      x = layers.InvertedResidual(c, strides=2, expansion=self.expansion, impl=self.impl)(x, train)
-    x = x.mean(axis=(1, 2))
-    return nn.Dense(self.out_dim)(x)
+    x = x.astype(self.dtype)
+    x = ck(_StemPool, 2)(self.stem_features, self.impl, self.dtype, name='ConvBNAct_0')(x, train)
+    att = ck(ChannelSpatialAttention)(impl=self.impl, dtype=self.dtype,
+                                       name='ChannelSpatialAttention_0')(x)
+    x = att + ck(LocalFeatureExtractor, 2)(self.stem_features, self.local_grid, impl=self.impl,
+                                           dtype=self.dtype,
+                                           name='LocalFeatureExtractor_0')(x, train)
+    for i, c in enumerate(self.stage_features):
+      x = ck(layers.InvertedResidual, 2)(c, strides=2, expansion=self.expansion, impl=self.impl,
+                                         dtype=self.dtype, name=f'InvertedResidual_{i}')(x, train)
+    x = x.astype(jnp.float32).mean(axis=(1, 2))
+    return nn.Dense(self.out_dim, dtype=self.dtype)(x)
+
+
+def frame_encoder_cls(cls, remat: bool):
+  """`cls`, or with `remat` a version that recomputes its activations in the
+  backward pass instead of keeping them (same parameters; less memory, more compute)."""
+  return nn.remat(cls, static_argnums=(2,)) if remat else cls
 
 
 def encode_frames(encoder: nn.Module, video: Array, train: bool) -> Array:
@@ -217,20 +253,23 @@ class ConvFrameEncoder(nn.Module):
   out_dim: int = 128
   dropout_rate: float = 0.0
   stem_stride: int = 1  # 2 halves the first conv's output: ~4x cheaper on large frames
+  impl: str = 'xla'
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, frames: Array, train: bool) -> Array:
     if frames.shape[-1] == 1:
       frames = jnp.repeat(frames, 3, axis=-1)
     x = layers.normalize_frames(frames) if frames.dtype == jnp.uint8 else frames
+    x = x.astype(self.dtype)
     for i, c in enumerate(self.channels):
       for j in range(self.convs_per_block):
         stride = self.stem_stride if i == 0 and j == 0 else 1
-        x = layers.ConvBNAct(c, (3, 3), strides=stride)(x, train)
-      x = nn.max_pool(x, (2, 2), (2, 2), padding='SAME')
-    x = x.mean(axis=(1, 2))
+        x = layers.ConvBNAct(c, (3, 3), strides=stride, impl=self.impl, dtype=self.dtype)(x, train)
+      x = layers.max_pool_2d(x, 2, 2, impl=self.impl)
+    x = x.astype(jnp.float32).mean(axis=(1, 2))
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    return nn.Dense(self.out_dim)(x)
+    return nn.Dense(self.out_dim, dtype=self.dtype)(x)
 
 
 def as_frame_sequence(video: Array) -> Array:

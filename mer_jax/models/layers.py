@@ -62,21 +62,40 @@ def depthwise_conv_shifted(x: Array, kernel: Array, stride: int) -> Array:
   """
   k = kernel.shape[0]
   n, h, w, c = x.shape
-  out_h, out_w = -(-h // stride), -(-w // stride)
-  pad_h = max((out_h - 1) * stride + k - h, 0)
-  pad_w = max((out_w - 1) * stride + k - w, 0)
-  xp = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
-                   (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+  pads = (_same_pads(h, k, stride), _same_pads(w, k, stride))
+  xp = jnp.pad(x, ((0, 0),) + pads + ((0, 0),))
+  return _depthwise(xp, kernel, stride, (-(-h // stride), -(-w // stride)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise(xp: Array, kernel: Array, stride: int, out_hw: tuple[int, int]) -> Array:
+  k = kernel.shape[0]
   y = None
-  for i in range(k):
-    for j in range(k):
-      patch = jax.lax.slice(
-          xp, (0, i, j, 0),
-          (n, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
-          (1, stride, stride, 1))
-      term = patch * kernel[i, j, 0]
-      y = term if y is None else y + term
+  for (i, j), patch in _window_slices(xp, (k, k), (stride, stride), out_hw):
+    term = patch * kernel[i, j, 0]
+    y = term if y is None else y + term
   return y
+
+
+def _depthwise_fwd(xp, kernel, stride, out_hw):
+  # Keeps only the padded input: autodiff of the shifted products would keep
+  # all k*k shifted copies for the kernel gradient (k*k times the memory).
+  return _depthwise(xp, kernel, stride, out_hw), (xp, kernel)
+
+
+def _depthwise_bwd(stride, out_hw, res, g):
+  xp, kernel = res
+  k = kernel.shape[0]
+  dxp, dk = None, []
+  for (i, j), patch in _window_slices(xp, (k, k), (stride, stride), out_hw):
+    dk.append(jnp.sum(g * patch, axis=(0, 1, 2), dtype=jnp.float32))
+    d = _unslice(g * kernel[i, j, 0], (i, j), (stride, stride), xp.shape[1:3])
+    dxp = d if dxp is None else dxp + d
+  dk = jnp.stack(dk).reshape(kernel.shape).astype(kernel.dtype)
+  return dxp, dk
+
+
+_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 def _same_pads(size: int, k: int, stride: int) -> tuple[int, int]:
@@ -133,30 +152,37 @@ def conv2d_im2col(x: Array, kernel: Array, strides=(1, 1), padding: Any = 'SAME'
   return jnp.einsum('nhwk,kd->nhwd', patches, kernel.reshape(kh * kw * cin, -1))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _max_pool(xp: Array, window: int, stride: int, out_hw: tuple[int, int]) -> Array:
-  y = None
-  for _, s in _window_slices(xp, (window, window), (stride, stride), out_hw):
-    y = s if y is None else jnp.maximum(y, s)
-  return y
+def _max_and_index(xp, window, stride, out_hw):
+  """Running maximum over the window's slices and the offset of its first maximum."""
+  y, idx = None, None
+  for n, (_, s) in enumerate(_window_slices(xp, (window, window), (stride, stride), out_hw)):
+    if y is None:
+      y, idx = s, jnp.zeros(s.shape, jnp.int8)
+    else:
+      better = s > y  # strict: ties keep the first offset, as select-and-scatter does
+      y = jnp.where(better, s, y)
+      idx = jnp.where(better, jnp.int8(n), idx)
+  return y, idx
 
 
-def _max_pool_fwd(xp, window, stride, out_hw):
-  y = _max_pool(xp, window, stride, out_hw)
-  return y, (xp, y)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _max_pool(xp: Array, window: int, stride: int, out_hw: tuple[int, int], padded_hw) -> Array:
+  return _max_and_index(xp, window, stride, out_hw)[0]
 
 
-def _max_pool_bwd(window, stride, out_hw, res, g):
-  # The first window position holding the maximum gets the gradient, as XLA's
-  # select-and-scatter does; a mask per offset is one fused elementwise pass
-  # instead of the chain of selects that differentiating jnp.maximum gives.
-  xp, y = res
-  taken = jnp.zeros(y.shape, bool)
+def _max_pool_fwd(xp, window, stride, out_hw, padded_hw):
+  # The int8 offset of each window's maximum is all the gradient needs; the
+  # barrier keeps XLA from recomputing the max chain inside every consumer.
+  y, idx = jax.lax.optimization_barrier(_max_and_index(xp, window, stride, out_hw))
+  return y, idx
+
+
+def _max_pool_bwd(window, stride, out_hw, padded_hw, idx, g):
   dxp = None
-  for off, s in _window_slices(xp, (window, window), (stride, stride), out_hw):
-    hit = (s == y) & ~taken
-    taken = taken | hit
-    d = _unslice(jnp.where(hit, g, 0).astype(g.dtype), off, (stride, stride), xp.shape[1:3])
+  for n in range(window * window):
+    off = (n // window, n % window)
+    d = _unslice(jnp.where(idx == n, g, jnp.zeros((), g.dtype)), off, (stride, stride),
+                 padded_hw)
     dxp = d if dxp is None else dxp + d
   return (dxp,)
 
@@ -177,7 +203,7 @@ def max_pool_2d(x: Array, window: int, stride: int, impl: str = 'auto') -> Array
   n, h, w, c = x.shape
   ph, pw = _same_pads(h, window, stride), _same_pads(w, window, stride)
   xp = jnp.pad(x, ((0, 0), ph, pw, (0, 0)), constant_values=-jnp.inf)
-  return _max_pool(xp, window, stride, (-(-h // stride), -(-w // stride)))
+  return _max_pool(xp, window, stride, (-(-h // stride), -(-w // stride)), xp.shape[1:3])
 
 
 class DepthwiseConv(nn.Module):
@@ -317,10 +343,11 @@ class MultiHeadAttention(nn.Module):
     if kv_mask is not None:
       big_neg = jnp.finfo(logits.dtype).min
       logits = jnp.where(kv_mask[:, None, None, :] > 0, logits, big_neg)
-    weights = jax.nn.softmax(logits, axis=-1)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     if kv_mask is not None:
       # A query with no valid key reads nothing (not a uniform mix of padding).
       weights = jnp.where(kv_mask.max(-1)[:, None, None, None] > 0, weights, 0.0)
+    weights = weights.astype(q.dtype)
     weights_d = nn.Dropout(self.dropout_rate)(weights, deterministic=not train)
     out = jnp.einsum('bhqk,bkhd->bqhd', weights_d, v)
     out = nn.DenseGeneral(self.out_features or q_in.shape[-1], axis=(-2, -1),

@@ -99,6 +99,9 @@ class MMTCA(nn.Module):
   audio_conv_channels: Sequence[int] = ()
   audio_mask_time: int = 0  # max width (steps) of each of 2 time masks
   audio_mask_freq: int = 0  # max width (features) of 1 feature mask
+  impl: str = 'xla'  # 'matmul': the CPU-fast im2col convolutions and max-pool of the face CNN
+  remat: bool = False  # recompute the frame encoder's activations in the backward pass
+  dtype: str = 'float32'  # compute dtype of the encoders; params and fusion stay float32
 
   def _audio(self, batch, train):
     """-> (sequence [B, T, d], valid [B, T])."""
@@ -140,10 +143,11 @@ class MMTCA(nn.Module):
       valid = bc.time_valid(batch, 'video') if video.ndim == 5 else \
           jnp.ones((video.shape[0], 1), jnp.float32)
       video = encoders.as_frame_sequence(video)
-      cnn = encoders.ConvFrameEncoder(self.face_channels, self.face_convs_per_block,
-                                      self.d_model, stem_stride=self.face_stem_stride,
-                                      name='face_cnn')
-      feats = encoders.encode_frames(cnn, video, train)
+      cnn = encoders.frame_encoder_cls(encoders.ConvFrameEncoder, self.remat)(
+          self.face_channels, self.face_convs_per_block, self.d_model,
+          stem_stride=self.face_stem_stride, impl=self.impl, dtype=jnp.dtype(self.dtype),
+          name='face_cnn')
+      feats = encoders.encode_frames(cnn, video, train).astype(jnp.float32)
     enc = encoders.SequenceTransformerEncoder(
         self.d_model, self.face_layers, self.num_heads, self.d_ff_ratio * self.d_model,
         self.dropout_rate, name='face_encoder')

@@ -116,13 +116,17 @@ class OFCMAERCAT(nn.Module):
   # What the contextual transformer reads (Section III, overview): 'weighted' =
   # the AWOM-weighted aligned features w~_i F^a_i (the paper), 'unweighted' = F^a_i.
   transformer_input: str = 'weighted'
+  impl: str = 'xla'  # 'matmul': the CPU-fast im2col convolutions and max-pool of the face CNN
+  remat: bool = False  # recompute the frame encoder's activations in the backward pass
+  dtype: str = 'float32'  # compute dtype of the encoders; params and fusion stay float32
 
   def _encode(self, name, x, train, valid):
     """-> (F_i [B, T_i, d], valid [B, T_i])."""
     if name == 'video' and x.ndim == 5:
-      cnn = encoders.ConvFrameEncoder(self.frame_channels, out_dim=self.d_model,
-                                      stem_stride=self.frame_stem_stride, name='video_encoder')
-      return encoders.encode_frames(cnn, x, train), valid
+      cnn = encoders.frame_encoder_cls(encoders.ConvFrameEncoder, self.remat)(
+          self.frame_channels, out_dim=self.d_model, stem_stride=self.frame_stem_stride,
+          impl=self.impl, dtype=jnp.dtype(self.dtype), name='video_encoder')
+      return encoders.encode_frames(cnn, x, train).astype(jnp.float32), valid
     return SequenceCNNEncoder(self.seq_channels, self.d_model, self.seq_pool,
                               name=f'{name}_encoder')(x, train, valid)
 

@@ -11,7 +11,7 @@ BatchNorm uses torch's epsilon (1e-5) and momentum (0.1, i.e. 0.9 here).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -20,25 +20,29 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def _bn(train, name):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+def _bn(train, name, dtype=jnp.float32):
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                      name=name)
 
 
 class BasicBlock(nn.Module):
   features: int
   strides: int = 1
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     pad = ((1, 1), (1, 1))
-    y = nn.Conv(self.features, (3, 3), self.strides, padding=pad, use_bias=False, name='conv1')(x)
-    y = nn.relu(_bn(train, 'bn1')(y))
-    y = nn.Conv(self.features, (3, 3), 1, padding=pad, use_bias=False, name='conv2')(y)
-    y = _bn(train, 'bn2')(y)
+    dt = self.dtype
+    y = nn.Conv(self.features, (3, 3), self.strides, padding=pad, use_bias=False, dtype=dt,
+                name='conv1')(x)
+    y = nn.relu(_bn(train, 'bn1', dt)(y))
+    y = nn.Conv(self.features, (3, 3), 1, padding=pad, use_bias=False, dtype=dt, name='conv2')(y)
+    y = _bn(train, 'bn2', dt)(y)
     if self.strides != 1 or x.shape[-1] != self.features:
-      x = nn.Conv(self.features, (1, 1), self.strides, padding='VALID', use_bias=False,
+      x = nn.Conv(self.features, (1, 1), self.strides, padding='VALID', use_bias=False, dtype=dt,
                   name='downsample_conv')(x)
-      x = _bn(train, 'downsample_bn')(x)
+      x = _bn(train, 'downsample_bn', dt)(x)
     return nn.relu(x + y)
 
 
@@ -47,19 +51,22 @@ class ResNet(nn.Module):
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   widths: Sequence[int] = (64, 128, 256, 512)
   num_classes: Optional[int] = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
-    x = nn.Conv(self.widths[0], (7, 7), 2, padding=((3, 3), (3, 3)), use_bias=False,
+    dt = self.dtype
+    x = nn.Conv(self.widths[0], (7, 7), 2, padding=((3, 3), (3, 3)), use_bias=False, dtype=dt,
                 name='conv1')(x)
-    x = nn.relu(_bn(train, 'bn1')(x))
+    x = nn.relu(_bn(train, 'bn1', dt)(x))
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     for i, (n, w) in enumerate(zip(self.stage_sizes, self.widths)):
       for j in range(n):
-        x = BasicBlock(w, 2 if (j == 0 and i > 0) else 1, name=f'layer{i + 1}_{j}')(x, train)
-    x = x.mean(axis=(1, 2))
+        x = BasicBlock(w, 2 if (j == 0 and i > 0) else 1, dtype=dt,
+                       name=f'layer{i + 1}_{j}')(x, train)
+    x = x.astype(jnp.float32).mean(axis=(1, 2))
     if self.num_classes is not None:
-      x = nn.Dense(self.num_classes, name='fc')(x)
+      x = nn.Dense(self.num_classes, dtype=dt, name='fc')(x)
     return x
 
 

@@ -33,7 +33,7 @@ to t_common, so everything after the interpolation is free of padding.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -58,13 +58,14 @@ class Conv2DLogMelEncoder(nn.Module):
   ceil(n / 2) frames for n real ones, as without padding. Returns (x, valid).
   """
   channels: Sequence[int] = (64, 128)
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool, valid: Array):
     x = x[..., None]
     for c in self.channels:
       m = valid[:, :, None, None]
-      x = layers.ConvBNAct(c, (3, 3))(x * m, train, mask=m)
+      x = layers.ConvBNAct(c, (3, 3), dtype=self.dtype)(x * m.astype(x.dtype), train, mask=m)
       x = jnp.where(m > 0, x, jnp.finfo(x.dtype).min)
       f = x.shape[2]
       f_pad = max((-(-f // 2) - 1) * 2 + 3 - f, 0)
@@ -111,22 +112,26 @@ class TuckerCrossAttentionFusion(nn.Module):
   dropout_rate: float = 0.5
   attention_dropout: float = 0.1
   tucker_naive: bool = False
+  remat: bool = False  # recompute the frame encoder's activations in the backward pass
+  dtype: str = 'float32'  # compute dtype of the encoders; params and fusion stay float32
 
   @nn.compact
   def __call__(self, batch, train: bool = False):
     d = self.d_model
     m_a, m_v = bc.modality_mask(batch, 'audio'), bc.modality_mask(batch, 'video')
 
-    a, a_valid = Conv2DLogMelEncoder(self.audio_channels, name='audio_cnn')(
+    dt = jnp.dtype(self.dtype)
+    a, a_valid = Conv2DLogMelEncoder(self.audio_channels, dtype=dt, name='audio_cnn')(
         batch['audio'], train, bc.time_valid(batch, 'audio'))
-    a = nn.Dense(d, name='audio_proj')(a)
+    a = nn.Dense(d, name='audio_proj')(a.astype(jnp.float32))
     # Only the real frames are interpolated to t_common, so padding has no weight.
     a = layers.resize_time_valid(a, a_valid, self.t_common) * m_a[:, None, None]
 
     video = batch['video']
     if video.ndim == 5:
       frames = layers.normalize_frames(video) if video.dtype == jnp.uint8 else video
-      cnn = resnet.ResNet(self.resnet_stage_sizes, self.resnet_widths, None, name='resnet')
+      cnn = encoders.frame_encoder_cls(resnet.ResNet, self.remat)(
+          self.resnet_stage_sizes, self.resnet_widths, None, dtype=dt, name='resnet')
       v = encoders.encode_frames(cnn, frames, train)  # [B, T, 512]
     else:
       v = video.astype(jnp.float32)
