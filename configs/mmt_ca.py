@@ -47,6 +47,7 @@ def defaults(c):
   c.model.face_convs_per_block = 1
   c.model.face_stem_stride = 1
   c.model.head_dropout = 0.1
+  c.model.impl = 'auto'  # 'matmul' (im2col convolutions, custom-gradient pooling) on CPU
   # Audio input options (off in the paper's recipe): 'utterance' or 'batchnorm'
   # normalisation, a Conv1D front-end before the transformer, SpecAugment-style masks.
   c.model.audio_input_norm = 'none'

@@ -40,6 +40,7 @@ def defaults(c):
   c.model.awom_hidden = 64
   c.model.head = 'projection'  # Eqs. 12-13; 'concat' is Eqs. 20-22
   c.model.head_hidden = 128
+  c.model.impl = 'auto'  # 'matmul' (im2col convolutions, custom-gradient pooling) on CPU
   c.model.max_len = 512  # longest sequence of the positional embeddings
   # Section 3.4: the transformer reads the AWOM-weighted features; 'unweighted' feeds
   # it the aligned features before weighting.

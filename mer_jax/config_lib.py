@@ -95,6 +95,11 @@ def base_config() -> ml_collections.ConfigDict:
   # --- Model ---------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
   c.model.name = ''
+  # Compute precision: 'float32', or 'bfloat16' compute with float32 parameters,
+  # optimiser state, softmaxes, normalisation statistics and loss (GPUs, TPUs).
+  c.model.dtype = 'float32'
+  # Recompute the frame encoder's activations in the backward pass (less memory).
+  c.model.remat = False
   # Pretrained initialisation, applied right after init (mer_jax/pretrained.py has
   # every field): kind '' (none), 'torchvision_resnet18' (paper 001), 'efficientface'
   # (papers 002/003, with model.frame_arch='efficientface') or 'workdir' (a trained
