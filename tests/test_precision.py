@@ -29,6 +29,7 @@ def test_avt_ca_impls_and_remat_agree():
   (max |difference| <= 1e-5 x max(1, max |value|) per array)."""
   config = avt_ca_config.get_config('tiny')
   config.model.dropout_rate = 0.0
+  config.dataset.name = ''  # shapes of their own, no dataset behind them
   config.input.example_shapes = {'audio': (60, 20), 'video': (3, 32, 32, 3)}
   batch = {k: jnp.asarray(v) for k, v in benchmark.random_batch(config, 2).items()}
   model = models.build(config.model, config.dataset.num_classes)
@@ -52,6 +53,7 @@ def _train_curve(dtype: str, steps: int) -> np.ndarray:
   config = avt_ca_config.get_config('tiny')
   config.model.dropout_rate = 0.0
   config.model.dtype = dtype
+  config.dataset.name = ''  # shapes of their own, no dataset behind them
   config.input.example_shapes = {'audio': (60, 20), 'video': (3, 32, 32, 3)}
   batch = {k: jnp.asarray(v) for k, v in benchmark.random_batch(config, 16, seed=1).items()}
   model = models.build(config.model, config.dataset.num_classes)
