@@ -428,3 +428,21 @@ def test_ofcmaer_transformer_reads_weighted_features():
   np.testing.assert_allclose(weighted['modality_weights'], unweighted['modality_weights'])
   with pytest.raises(ValueError):
     _init(models.build(config.model, 6).clone(transformer_input='x'), batch)
+
+
+def test_attsf_l2_fusion_gradients_stay_finite_with_a_hidden_modality():
+  # A hidden modality makes a branch feature exactly zero; its L2 norm's gradient
+  # must not be NaN.
+  config = _config('attsf_net', 'tiny+l2')
+  batch = bc.mask_modalities(_random_batch(config), ('video',))
+  model = models.build(config.model, 6)
+  variables = _init(model, batch)
+
+  def loss(params):
+    out, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, batch,
+                         train=True, rngs={'dropout': jax.random.PRNGKey(1)},
+                         mutable=['batch_stats'])
+    return models.get('attsf_net').loss_fn(out, batch, config.loss)[0]
+
+  grads = jax.grad(loss)(variables['params'])
+  assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))

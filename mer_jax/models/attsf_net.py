@@ -195,8 +195,9 @@ class ATTSFNet(nn.Module):
     if self.fusion == 'sum':
       return main + aux
     if self.fusion == 'l2':
-      n_main = jnp.linalg.norm(main, axis=-1, keepdims=True)
-      n_aux = jnp.linalg.norm(aux, axis=-1, keepdims=True)
+      # sqrt(. + eps): a zero feature (a hidden modality) must not give a NaN gradient.
+      n_main = jnp.sqrt(jnp.sum(jnp.square(main), -1, keepdims=True) + 1e-12)
+      n_aux = jnp.sqrt(jnp.sum(jnp.square(aux), -1, keepdims=True) + 1e-12)
       total = n_main + n_aux + 1e-6
       return (n_main / total) * main + (n_aux / total) * aux
     if self.fusion == 'gat':
