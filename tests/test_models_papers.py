@@ -430,6 +430,7 @@ def test_ofcmaer_transformer_reads_weighted_features():
     _init(models.build(config.model, 6).clone(transformer_input='x'), batch)
 
 
+@pytest.mark.slow
 def test_attsf_l2_fusion_gradients_stay_finite_with_a_hidden_modality():
   # A hidden modality makes a branch feature exactly zero; its L2 norm's gradient
   # must not be NaN.

@@ -80,6 +80,7 @@ def _train_curve(dtype: str, steps: int) -> np.ndarray:
   return np.asarray(losses)
 
 
+@pytest.mark.slow
 def test_bfloat16_training_tracks_float32():
   """300 Adam steps on a fixed batch: the bf16 loss curve stays within 0.1 (absolute,
   averaged over windows of 20 steps) of the fp32 one, and both fit the batch."""
