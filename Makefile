@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= $(HOME)/tensorflow_datasets
 WORKDIR ?= workdirs/avt_ca_synthetic
 STAMP := $(VENV)/.installed
+# Test and preset-check processes at once (XLA compiles on one thread).
+JOBS ?= 2
 
 .PHONY: train test test-all check-presets bench clean-venv
 
@@ -22,17 +24,17 @@ train: $(STAMP)
 
 # The default tier: unit tests and the training loop's policy in-process (< 10 min on 2 cores).
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" --durations=15
+	$(PY) -m pytest -q -m "not slow" -n $(JOBS) --durations=15
 
 # Every test, with the end-to-end subprocess runs (kill and resume, 1 vs 8 devices,
 # two processes, the experiment runner).
 test-all: $(STAMP)
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n $(JOBS) --durations=15
 
 # Every preset and variant of the five configs: one train and one eval step on its
 # dataset's real format (../shared/data or official-layout fixtures).
 check-presets: $(STAMP)
-	$(PY) -m experiments.check_presets
+	$(PY) -m experiments.check_presets --jobs=$(JOBS)
 
 # AVT-CA training throughput at the paper's input shapes, both convolution paths.
 bench: $(STAMP)

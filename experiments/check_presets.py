@@ -3,6 +3,7 @@
   python -m experiments.check_presets                      # all five papers
   python -m experiments.check_presets --papers=002 --presets=ravdess,crema_d
   python -m experiments.check_presets --variants=none      # presets only
+  python -m experiments.check_presets --jobs=1             # one check at a time
 
 For each preset: build its dataset with the builder config the preset names,
 from `../shared/data` (RAVDESS, CREMA-D, FER+) or from small official-layout
@@ -14,6 +15,8 @@ first row of the config's TABLES whose preset is real data), or on `tiny`.
 
 Prints one row per check (config, dataset config, input shapes, ok or why) and
 exits 0 only if every check passes. Built datasets are cached under --work.
+Each dataset is built once, before the checks; the checks then run in
+--jobs worker processes, and rows are printed in order.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ flags.DEFINE_enum('variants', 'all', ['all', 'none'], 'Also check every variant.
 flags.DEFINE_string('shared_data', '', 'Folder with the real samples (default ../shared/data).')
 flags.DEFINE_string('work', '', 'Folder for fixtures and built datasets (default: a temp dir).')
 flags.DEFINE_integer('batch_size', 2, 'Examples per checked step.')
+flags.DEFINE_integer('jobs', 0, 'Checks run at once, each in its own process '
+                     '(0: one per core; compilation is mostly single-threaded).')
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Presets that describe inputs without a dataset of their own are checked on the
@@ -102,6 +107,27 @@ def _real_batch(builder, batch_size: int) -> dict:
   raise ValueError(f'{builder.name}: every split is empty')
 
 
+def _checked_config(ref: str, sources: dict, data_dir: str):
+  from experiments import definitions as defs
+  config = defs.load_config(ref)
+  family = config.dataset.name.split('/')[0]
+  manual = sources[family]()
+  config.dataset.data_dir = data_dir
+  config.dataset.manual_dir = str(manual) if manual else ''
+  config.dataset.fold.num_folds = 0  # the check reads the builder's own splits
+  return config
+
+
+def prepare(ref: str, sources: dict, data_dir: str) -> str:
+  """Builds the dataset `ref` reads (once per dataset config); '' or why it failed."""
+  from data_pipelines import input_pipeline
+  try:
+    input_pipeline.get_builder(_checked_config(ref, sources, data_dir).dataset)
+    return ''
+  except Exception as e:  # the check of every preset on it reports the failure
+    return f'{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ""}'
+
+
 def check(ref: str, sources: dict, data_dir: str, batch_size: int) -> dict:
   """One preset: real batch, shapes, assembled run, one train and one eval step."""
   import numpy as np
@@ -112,13 +138,8 @@ def check(ref: str, sources: dict, data_dir: str, batch_size: int) -> dict:
          'why': ''}
   t0 = time.time()
   try:
-    config = defs.load_config(ref)
+    config = _checked_config(ref, sources, data_dir)
     row['dataset'] = config.dataset.name
-    family = config.dataset.name.split('/')[0]
-    manual = sources[family]()
-    config.dataset.data_dir = data_dir
-    config.dataset.manual_dir = str(manual) if manual else ''
-    config.dataset.fold.num_folds = 0  # the check reads the builder's own splits
     builder = input_pipeline.get_builder(config.dataset)
     batch = _real_batch(builder, batch_size)
     shapes = {k: tuple(v.shape[1:]) for k, v in batch.items() if k in ('audio', 'video',
@@ -183,12 +204,51 @@ def references(papers, presets_filter, with_variants) -> list[str]:
   return refs
 
 
+def _sources_for(ref: str, sources: dict) -> None:
+  """Writes the fixtures `ref` reads (errors surface in its check)."""
+  from experiments import definitions as defs
+  try:
+    sources[defs.load_config(ref).dataset.name.split('/')[0]]()
+  except Exception:
+    pass
+
+
+# Worker processes: each imports jax and the builders once and keeps them.
+_WORKER = {}
+
+
+def _init_worker(shared: str, work: str, batch_size: int) -> None:
+  from mer_jax import contract
+  contract.quiet_libraries()
+  _WORKER.update(sources=_sources(pathlib.Path(shared), pathlib.Path(work)),
+                 data_dir=str(pathlib.Path(work) / 'tfds'), batch_size=batch_size)
+
+
+def _prepare_in_worker(ref: str) -> str:
+  return prepare(ref, _WORKER['sources'], _WORKER['data_dir'])
+
+
+def _check_in_worker(ref: str) -> dict:
+  return check(ref, _WORKER['sources'], _WORKER['data_dir'], _WORKER['batch_size'])
+
+
+def _pool(jobs: int, shared: pathlib.Path, work: pathlib.Path):
+  import concurrent.futures
+  import multiprocessing
+  # spawn: jax and TensorFlow do not survive fork; one check per task keeps
+  # rows in order while both workers stay busy.
+  return concurrent.futures.ProcessPoolExecutor(
+      jobs, mp_context=multiprocessing.get_context('spawn'), initializer=_init_worker,
+      initargs=(str(shared), str(work), FLAGS.batch_size))
+
+
 def main(argv):
   del argv
   from mer_jax import contract
   contract.quiet_libraries()
   os.environ.setdefault('MER_JAX_BUILD_WORKERS', '1')
   os.environ.setdefault('MER_JAX_NO_PROGRESS', '1')
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # the workers inherit it
   shared = pathlib.Path(FLAGS.shared_data or REPO.parent / 'shared' / 'data')
   if not shared.is_dir():
     print(f'real sample data not found at {shared}: RAVDESS, CREMA-D and FER+ presets '
@@ -199,17 +259,38 @@ def main(argv):
   refs = references([p for p in FLAGS.papers.split(',') if p],
                     [p for p in FLAGS.presets.split(',') if p], FLAGS.variants == 'all')
   print(f'{len(refs)} checks; datasets under {work}', flush=True)
-  rows = []
-  header = f"{'config':44s} {'dataset config':28s} {'shapes':58s} result"
-  print(header)
-  print('-' * len(header))
-  for i, ref in enumerate(refs):
-    r = check(ref, sources, str(work / 'tfds'), FLAGS.batch_size)
-    rows.append(r)
-    print(f"{r['config']:44s} {r['dataset']:28s} {r['shapes'][:58]:58s} "
-          f"{'ok' if r['ok'] else 'FAIL ' + r['why']} ({r['seconds']:.0f}s)", flush=True)
+  data_dir = str(work / 'tfds')
+  # Fixtures and builds first, one per dataset config, so that no two workers
+  # write the same files.
+  from experiments import definitions as defs
+  first = {}
+  for ref in refs:
+    try:
+      key = (defs.load_config(ref).dataset.name,
+             int(defs.load_config(ref).dataset.get('train_augment_copies', 0) or 0))
+    except Exception:  # the check reports it
+      continue
+    first.setdefault(key, ref)
+  for ref in first.values():
+    _sources_for(ref, sources)
+  jobs = FLAGS.jobs or os.cpu_count() or 1
+  t0 = time.time()
+  with _pool(jobs, shared, work) as pool:
+    for key, why in zip(first, pool.map(_prepare_in_worker, first.values())):
+      print(f'built {key[0]}' + (f' (copies={key[1]})' if key[1] else '') +
+            (f': FAILED {why}' if why else ''), flush=True)
+    print(f'datasets ready in {time.time() - t0:.0f}s; {jobs} worker(s)', flush=True)
+    rows = []
+    header = f"{'config':44s} {'dataset config':28s} {'shapes':58s} result"
+    print(header)
+    print('-' * len(header))
+    for r in pool.map(_check_in_worker, refs):
+      rows.append(r)
+      print(f"{r['config']:44s} {r['dataset']:28s} {r['shapes'][:58]:58s} "
+            f"{'ok' if r['ok'] else 'FAIL ' + r['why']} ({r['seconds']:.0f}s)", flush=True)
   failed = [r for r in rows if not r['ok']]
-  print(f'\n{len(rows) - len(failed)} passed, {len(failed)} failed')
+  print(f'\n{len(rows) - len(failed)} passed, {len(failed)} failed in '
+        f'{time.time() - t0:.0f}s')
   sys.exit(1 if failed else 0)
 
 
