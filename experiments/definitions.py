@@ -123,6 +123,12 @@ def _collect() -> dict:
       '(003 Table V)', five, protocol, robustness=True,
       notes='10%..90% of one modality\'s values replaced by random values at test time, '
       'plus each modality missing; models trained on clean data.')
+  # Every paper's synthetic preset on the built-in data, 3 seeds (README's table).
+  out['synthetic'] = Experiment(
+      'synthetic', 'all', 'The five models on synthetic_av (built-in), 3 seeds',
+      _all_models('synthetic'), Protocol(folds=0, seeds=(0, 1, 2)),
+      notes='Speaker-independent builder splits: 48 train / 12 validation / 12 test '
+      'speakers; best validation checkpoint.')
   out['compare_ravdess'] = Experiment('compare_ravdess', 'all',
                                       'The five models on RAVDESS, same folds', five, protocol)
   return out
