@@ -112,7 +112,8 @@ def _paper_shapes(c):
 
 
 def _synthetic(c):
-  config_lib.use_synthetic(c)
+  # At 1e-3 / 12 epochs validation was still rising at the end (seed 2: 81.6 %).
+  config_lib.use_synthetic(c, learning_rate=2e-3, num_epochs=20)
   c.model.update(d_model=64, seq_len=16, num_layers=2, aux_layers=1, d_ff=128, aux_d_ff=128,
                  dropout_rate=0.1, audio_channels=(16, 32, 64, 32), frame_stem_features=16,
                  frame_stage_features=(32, 64), frame_dim=64)

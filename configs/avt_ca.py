@@ -72,7 +72,8 @@ def _cmu_mosei(c):
 
 
 def _synthetic(c):
-  config_lib.use_synthetic(c, learning_rate=2e-3, num_epochs=14)
+  # 14 epochs left seed 2 at 91 % validation, still rising.
+  config_lib.use_synthetic(c, learning_rate=2e-3, num_epochs=20)
   c.model.update(d_model=64, audio_channels=(32, 64), frame_stem_features=16,
                  frame_stage_features=(32, 64))
   c.input.augment.video_crop_pad = 2

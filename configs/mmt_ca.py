@@ -67,7 +67,8 @@ def _paper_training(c):
 
 
 def _synthetic(c):
-  config_lib.use_synthetic(c)
+  # At 1e-3 / 12 epochs validation was still rising at the end (seed 2: 92 %).
+  config_lib.use_synthetic(c, learning_rate=2e-3, num_epochs=20)
   c.model.d_model = 64
   c.model.audio_layers = 2
   c.model.face_layers = 1
