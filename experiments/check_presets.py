@@ -16,7 +16,9 @@ first row of the config's TABLES whose preset is real data), or on `tiny`.
 Prints one row per check (config, dataset config, input shapes, ok or why) and
 exits 0 only if every check passes. Built datasets are cached under --work.
 Each dataset is built once, before the checks; the checks then run in
---jobs worker processes, and rows are printed in order.
+--jobs worker processes, and rows are printed in order. A reference whose
+resolved config equals an earlier one's (e.g. `paper_shapes` and the paper's
+dataset preset) reuses that check's result and says so.
 """
 
 from __future__ import annotations
@@ -204,6 +206,28 @@ def references(papers, presets_filter, with_variants) -> list[str]:
   return refs
 
 
+def _same_as(refs: list[str]) -> dict:
+  """ref -> the earlier ref whose resolved config is identical (a preset such as
+  `paper_shapes`, or a variant that restates the preset's default), so that
+  each distinct config is compiled and stepped once."""
+  import json
+  from experiments import definitions as defs
+  first, out = {}, {}
+  for ref in refs:
+    try:
+      c = defs.load_config(ref).to_dict()
+    except Exception:  # the check reports it
+      continue
+    for k in ('arg', 'preset', 'variant', 'reference', 'protocol'):  # names, not the run
+      c.pop(k, None)
+    key = json.dumps(c, sort_keys=True, default=str)
+    if key in first:
+      out[ref] = first[key]
+    else:
+      first[key] = ref
+  return out
+
+
 def _sources_for(ref: str, sources: dict) -> None:
   """Writes the fixtures `ref` reads (errors surface in its check)."""
   from experiments import definitions as defs
@@ -280,14 +304,22 @@ def main(argv):
       print(f'built {key[0]}' + (f' (copies={key[1]})' if key[1] else '') +
             (f': FAILED {why}' if why else ''), flush=True)
     print(f'datasets ready in {time.time() - t0:.0f}s; {jobs} worker(s)', flush=True)
-    rows = []
+    rows, done = [], {}
+    same = _same_as(refs)
     header = f"{'config':44s} {'dataset config':28s} {'shapes':58s} result"
     print(header)
     print('-' * len(header))
-    for r in pool.map(_check_in_worker, refs):
+    checked = iter(pool.map(_check_in_worker, [r for r in refs if r not in same]))
+    for ref in refs:
+      if ref in same:
+        r = dict(done[same[ref]], config=ref.replace('configs/', ''), seconds=0.0)
+        note = f" (same config as {same[ref].replace('configs/', '')})"
+      else:
+        r, note = next(checked), ''
+        done[ref] = r
       rows.append(r)
       print(f"{r['config']:44s} {r['dataset']:28s} {r['shapes'][:58]:58s} "
-            f"{'ok' if r['ok'] else 'FAIL ' + r['why']} ({r['seconds']:.0f}s)", flush=True)
+            f"{'ok' if r['ok'] else 'FAIL ' + r['why']} ({r['seconds']:.0f}s){note}", flush=True)
   failed = [r for r in rows if not r['ok']]
   print(f'\n{len(rows) - len(failed)} passed, {len(failed)} failed in '
         f'{time.time() - t0:.0f}s')

@@ -101,3 +101,11 @@ def test_every_model_knob_is_a_config_field(paper):
   config = _module(paper).get_config('tiny')
   assert fields <= set(config.model.keys()), sorted(fields - set(config.model.keys()))
   assert set(config.model.keys()) - {'name'} <= fields  # and nothing the module ignores
+
+
+def test_preset_check_runs_each_distinct_config_once():
+  from experiments import check_presets
+  refs = ['configs/avt_ca.py:ravdess', 'configs/avt_ca.py:paper_shapes',
+          'configs/avt_ca.py:ravdess+it1', 'configs/avt_ca.py:ravdess,seed=1']
+  same = check_presets._same_as(refs)
+  assert same == {'configs/avt_ca.py:paper_shapes': 'configs/avt_ca.py:ravdess'}
