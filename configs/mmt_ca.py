@@ -21,9 +21,12 @@ Real-data presets need the raw files: `--config.dataset.manual_dir=DIR`, e.g.
 DIR=../shared/data/ravdess (or ../shared/data for the pairing, which expects
 DIR/ravdess and DIR/ferplus).
 Variants: audio, face (unimodal heads), early, late, hybrid (fusion modes),
-from_validation (FER+ without FER2013Train), tuned (the audio recipe of
-experiments/results/ravdess_audio_loao.md beside the paper's), e.g.
-`configs/mmt_ca.py:ravdess_audio+tuned,fold=2,seed=1`.
+from_validation (FER+ without FER2013Train), heldout (FER+ selected on 5 % of
+FER2013Train, FER2013Valid as a clean test), tuned (recipes found for small real
+data beside the paper's: the face model's for FER+, the audio model's of
+experiments/results/ravdess_audio_loao.md; the fused model gets both architectures),
+e.g. `configs/mmt_ca.py:ravdess_audio+tuned,fold=2,seed=1`,
+`configs/mmt_ca.py:ferplus_face+tuned+heldout`.
 The paper's recipe is three runs: the face model on FER+, the audio model on
 RAVDESS, then the fused model initialised from both
 (`--config.model_init.kind=workdir`, see mer_jax/pretrained.py).
@@ -140,6 +143,40 @@ def _from_validation(c):
   c.dataset.test_split = 'validation[90%:]'
 
 
+def _heldout(c):
+  # FER2013Test is not always at hand: select on the last 5 % of FER2013Train and
+  # report FER2013Valid as a test set no choice has seen.
+  c.dataset.train_split = 'train[:95%]'
+  c.dataset.val_split = 'train[95%:]'
+  c.dataset.test_split = 'validation'
+
+
+def _tuned_face(c):
+  # A recipe for the face model on FER+ (the paper names only "a CNN"): a deeper CNN
+  # (four blocks of two 3x3 convs, 48 -> 3 pixels), AdamW with warm-up and cosine,
+  # label smoothing and the face augmentations of the other papers. 25 epochs fit the
+  # 90-minute budget of a 2-core CPU; at this depth XLA's own convolutions beat the
+  # im2col path there (batch 64: 147 against 129 samples/s).
+  c.model.update(face_channels=(32, 64, 128, 256), face_convs_per_block=2, head_dropout=0.3,
+                 impl='xla')
+  c.optim.update(optimizer='adamw', learning_rate=1e-3, weight_decay=0.05, schedule='cosine',
+                 warmup_epochs=1.0)
+  c.input.batch_size = 64
+  c.input.augment.update(video_hflip=True, video_crop_pad=4, video_rotate=10.0,
+                         video_brightness=0.15, video_contrast=0.3)
+  c.loss.label_smoothing = 0.1
+  c.train.num_epochs = 25
+
+
+def _tuned(c):
+  # The recipe of the branch a preset trains; the fused model gets both branches'
+  # architectures, so tuned unimodal runs restore into it.
+  if c.model.head in ('face', 'fused'):
+    _tuned_face(c)
+  if c.model.head in ('audio', 'fused'):
+    _tuned_audio(c)
+
+
 def _tuned_audio(c):
   # A recipe for the audio model on a few RAVDESS actors, chosen on validation actors
   # (experiments/results/ravdess_audio_loao.md): learned input standardisation, a
@@ -158,7 +195,8 @@ def _tuned_audio(c):
 
 
 VARIANTS = {
-    'tuned': _tuned_audio,
+    'tuned': _tuned,
+    'heldout': _heldout,
     'audio': config_lib.overrides(model=dict(head='audio')),
     'face': config_lib.overrides(model=dict(head='face')),
     'early': config_lib.overrides(model=dict(head='fused', fusion='early')),
@@ -166,6 +204,9 @@ VARIANTS = {
     'hybrid': config_lib.overrides(model=dict(head='fused', fusion='hybrid')),
     'from_validation': _from_validation,
 }
+
+# Variants meant for one preset (the preset check runs them there).
+VARIANT_BASES = {'from_validation': 'ferplus_face', 'heldout': 'ferplus_face'}
 
 
 TABLES = {

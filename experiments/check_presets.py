@@ -11,7 +11,8 @@ fixtures (IEMOCAP, CMU-MOSEI, DEAP; `data_pipelines/fixtures.py`); read a real
 batch; check that the builder's shapes are the ones the config declares;
 assemble the run from that batch; run one train step and one eval step; the
 loss must be finite. Variants run on the preset their paper's tables use (the
-first row of the config's TABLES whose preset is real data), or on `tiny`.
+first row of the config's TABLES whose preset is real data), or on `tiny`, unless
+the config's VARIANT_BASES names the one preset a variant is for.
 
 Prints one row per check (config, dataset config, input shapes, ok or why) and
 exits 0 only if every check passes. Built datasets are cached under --work.
@@ -198,11 +199,9 @@ def references(papers, presets_filter, with_variants) -> list[str]:
         refs.append(f'{path}:{preset}')
     if with_variants:
       base = _variant_base(mod)
+      own = getattr(mod, 'VARIANT_BASES', {})  # variants meant for one preset only
       for variant in getattr(mod, 'VARIANTS', {}):
-        if variant == 'from_validation':
-          refs.append(f'{path}:ferplus_face+{variant}')
-        else:
-          refs.append(f'{path}:{base}+{variant}')
+        refs.append(f'{path}:{own.get(variant, base)}+{variant}')
   return refs
 
 

@@ -41,10 +41,23 @@ def test_every_preset_and_variant_builds(paper):
     c = mod.get_config(preset)
     assert c.model.name == paper and c.preset == preset
     assert c.paper == models.get(paper).paper
+    own = getattr(mod, 'VARIANT_BASES', {})
     for variant in mod.VARIANTS:
-      if variant == 'from_validation' and not preset.startswith('ferplus'):
+      if variant in own and preset != own[variant]:
         continue
       assert mod.get_config(f'{preset}+{variant}').variant == variant
+
+
+def test_mmt_ca_tuned_recipe_follows_the_head():
+  mod = _module('mmt_ca')
+  face = mod.get_config('ferplus_face+tuned+heldout')
+  assert face.model.face_convs_per_block == 2 and face.model.audio_conv_channels == ()
+  assert (face.dataset.train_split, face.dataset.val_split, face.dataset.test_split) == (
+      'train[:95%]', 'train[95%:]', 'validation')
+  audio = mod.get_config('ravdess_audio+tuned')
+  assert audio.model.audio_conv_channels == (64, 64) and audio.model.face_convs_per_block == 1
+  fused = mod.get_config('ravdess+tuned')  # both branches as the tuned unimodal runs
+  assert fused.model.face_convs_per_block == 2 and fused.model.audio_conv_channels == (64, 64)
 
 
 def test_unknown_names_are_rejected():
