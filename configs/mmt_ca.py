@@ -57,6 +57,7 @@ def defaults(c):
   c.model.audio_conv_channels = ()
   c.model.audio_mask_time = 0
   c.model.audio_mask_freq = 0
+  c.model.audio_pool = 'mean'  # 'meanstd': statistics pooling for the audio classifier
   # Each unimodal head also learns from the labels, so late fusion has classifiers to combine.
   c.loss.unimodal_weight = 0.5
 

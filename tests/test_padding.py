@@ -93,6 +93,8 @@ def _check_padding_invariance(model, modalities, extra=3):
     ('ofcmaer_cat', {'modalities': ('audio', 'video', 'physio'),
                      'transformer_input': 'unweighted'}, ('audio', 'video', 'physio')),
     ('mmt_ca', {}, ('audio', 'video')),
+    ('mmt_ca', {'audio_pool': 'meanstd', 'audio_input_norm': 'batchnorm',
+                'audio_conv_channels': (8, 8)}, ('audio', 'video')),
 ])
 def test_padding_changes_no_eval_output(paper, overrides, modalities):
   _check_padding_invariance(_model(paper, **overrides), modalities)

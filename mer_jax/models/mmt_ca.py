@@ -32,7 +32,9 @@ MFCC magnitudes reach hundreds, so `audio_input_norm` standardises them
 learned global standardisation that keeps clip-level loudness and timbre);
 `audio_conv_channels` puts Conv1D-BN-ReLU + 2x max-pool blocks before the
 projection (shorter sequences, local spectral patterns); `audio_mask_time` /
-`audio_mask_freq` are SpecAugment widths applied after normalisation in training.
+`audio_mask_freq` are SpecAugment widths applied after normalisation in training;
+`audio_pool='meanstd'` gives the audio classifier the standard deviation over
+time beside the mean (statistics pooling).
 Parameter names of the two branches do not depend on `head`, so a face model
 trained with head='face' and an audio model trained with head='audio' restore
 into the fused model.
@@ -99,6 +101,7 @@ class MMTCA(nn.Module):
   audio_conv_channels: Sequence[int] = ()
   audio_mask_time: int = 0  # max width (steps) of each of 2 time masks
   audio_mask_freq: int = 0  # max width (features) of 1 feature mask
+  audio_pool: str = 'mean'  # 'mean' (the paper) | 'meanstd': mean and std over valid steps
   impl: str = 'xla'  # 'matmul': the CPU-fast im2col convolutions and max-pool of the face CNN
   remat: bool = False  # recompute the frame encoder's activations in the backward pass
   dtype: str = 'float32'  # compute dtype of the encoders; params and fusion stay float32
@@ -153,6 +156,14 @@ class MMTCA(nn.Module):
         self.dropout_rate, name='face_encoder')
     return enc(feats, train, mask=valid), valid
 
+  def _pool_audio(self, a, valid):
+    mean = layers.masked_mean(a, valid)
+    if self.audio_pool == 'mean':
+      return mean
+    if self.audio_pool == 'meanstd':  # how much the utterance varies, not only its average
+      return jnp.concatenate([mean, jnp.sqrt(layers.masked_var(a, valid) + 1e-5)], axis=-1)
+    raise ValueError(f"audio_pool must be 'mean' or 'meanstd', got {self.audio_pool!r}")
+
   def _classify(self, x, train, name):
     x = nn.Dropout(self.head_dropout)(x, deterministic=not train)
     return nn.Dense(self.num_classes, name=name)(x)
@@ -168,7 +179,7 @@ class MMTCA(nn.Module):
       m_a = bc.modality_mask(batch, 'audio')
       a, a_valid = self._audio(batch, train)
       a = a * m_a[:, None, None]
-      out['audio_logits'] = self._classify(layers.masked_mean(a, a_valid), train, 'audio_classifier')
+      out['audio_logits'] = self._classify(self._pool_audio(a, a_valid), train, 'audio_classifier')
     if self.head in ('face', 'fused'):
       m_v = bc.modality_mask(batch, 'video')
       v, v_valid = self._face(batch, train)
