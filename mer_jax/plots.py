@@ -1,4 +1,5 @@
-"""Figures: confusion matrices, attention maps, robustness curves, emotion timelines.
+"""Figures: confusion matrices, training curves, attention maps, robustness curves,
+emotion timelines.
 
 Everything renders off-screen (Agg) to PNG so it works on headless machines.
 """
@@ -45,6 +46,40 @@ def confusion_matrix(cm, label_names: Sequence[str], path: str, title: str = '')
               color='white' if norm[i, j] > 0.5 else 'black')
   fig.colorbar(im, ax=ax, fraction=0.046, label='fraction of the true class')
   ax.set_title(title or 'confusion matrix')
+  return _save(fig, path)
+
+
+def training_curves(metrics_path: str, path: str, title: str = '') -> str:
+  """Training loss and accuracy per logged step, validation accuracy and UAR per
+  evaluation, from a run's metrics.jsonl."""
+  import json
+  plt = _plt()
+  rows = {'train': [], 'val': []}
+  with open(metrics_path) as f:
+    for line in f:
+      r = json.loads(line)
+      if r.get('kind') in rows:
+        rows[r['kind']].append(r)
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+  tr = rows['train']
+  if tr:
+    steps = [r['step'] for r in tr]
+    ax_loss.plot(steps, [r.get('loss', np.nan) for r in tr], label='train loss')
+    ax_acc.plot(steps, [r.get('accuracy', np.nan) for r in tr], alpha=0.5, label='train accuracy')
+  va = rows['val']
+  if va:
+    steps = [r['step'] for r in va]
+    ax_acc.plot(steps, [r.get('accuracy', np.nan) for r in va], 'o-', label='val accuracy')
+    ax_acc.plot(steps, [r.get('macro_recall', np.nan) for r in va], 's--', label='val UAR')
+  ax_loss.set_xlabel('step')
+  ax_loss.set_ylabel('loss')
+  ax_acc.set_xlabel('step')
+  ax_acc.set_ylabel('fraction')
+  ax_acc.set_ylim(0.0, 1.0)
+  for ax in (ax_loss, ax_acc):
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.suptitle(title or 'training curves')
   return _save(fig, path)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from data_pipelines import input_pipeline
 from mer_jax import assembly, checkpointing, evaluators, metrics as metrics_lib, provenance
-from mer_jax import sharding, writers
+from mer_jax import plots, sharding, writers
 from mer_jax.contract import logger as logging
 
 
@@ -154,7 +154,24 @@ def train_and_evaluate(config, workdir: str, data: input_pipeline.Data | None = 
       json.dump(results, f, indent=2)
     print(metrics_lib.format_table({k: v for k, v in evals.items()
                                     if isinstance(v, dict) and 'accuracy' in v}))
+    _figures(workdir, config, evals, data.label_names)
   return results
+
+
+def _figures(workdir, config, evals, label_names):
+  """curves.png and a confusion matrix per evaluator; a failure is logged, never fatal."""
+  try:
+    title = f'{config.model.name} on {config.dataset.name}'
+    metrics_path = os.path.join(workdir, 'metrics.jsonl')
+    if os.path.exists(metrics_path):
+      plots.training_curves(metrics_path, os.path.join(workdir, 'curves.png'), title)
+    for name, result in evals.items():
+      if isinstance(result, dict) and 'confusion_matrix' in result:
+        plots.confusion_matrix(result['confusion_matrix'], label_names,
+                               os.path.join(workdir, f'confusion_{name}.png'),
+                               f'{title}, {name} (acc {100 * result["accuracy"]:.1f}%)')
+  except Exception as e:  # the results are written; figures are a convenience
+    logging.warning('figures not written: %s', e)
 
 
 def _scalars(m: dict) -> dict:

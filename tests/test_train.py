@@ -78,6 +78,8 @@ def test_training_lowers_loss_and_writes_results(uninterrupted):
   assert any(l['kind'] == 'val' for l in lines)
   assert list(pathlib.Path(uninterrupted, 'tensorboard').glob('events.out.tfevents.*'))
   assert 'per_class' in res['test'] and len(res['test']['per_class']) == 6
+  for figure in ('curves.png', 'confusion_val.png', 'confusion_test.png'):
+    assert pathlib.Path(uninterrupted, figure).stat().st_size > 1000, figure
 
 
 def test_results_carry_their_provenance(uninterrupted):
