@@ -46,6 +46,8 @@ def train_and_evaluate(config, workdir: str, data: input_pipeline.Data | None = 
   os.makedirs(workdir, exist_ok=True)
   data = data or input_pipeline.prepare(config.dataset)  # an explicit step, before any training
   run = assemble(config, data)
+  # Recorded before training, so the commit is the code this process runs.
+  prov = provenance.record(config, data)
   cfg = config.train
   is_main = jax.process_index() == 0
   if is_main:
@@ -144,7 +146,7 @@ def train_and_evaluate(config, workdir: str, data: input_pipeline.Data | None = 
       'train_time_s': float(train_time),
       'num_params': run.param_count(),
       'label_names': data.label_names,
-      'provenance': provenance.record(config, data),
+      'provenance': prov,
   }
   if 'test' in evals:
     writer.write(step, _scalars(evals['test']), 'test')
