@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from experiments import baselines
+
 HOG_GRID = {'C': [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3]}
 LR_GRID = {'C': [1e-3, 3e-3, 1e-2, 3e-2, 0.1]}
 
@@ -41,8 +43,7 @@ def load_split(builder, split: str):
 
 
 def scores(y, pred, num_classes: int) -> dict:
-  recalls = [float(np.mean(pred[y == k] == k)) for k in range(num_classes) if np.any(y == k)]
-  return {'accuracy': float(np.mean(pred == y)), 'uar': float(np.mean(recalls))}
+  return {'accuracy': float(np.mean(pred == y)), 'uar': baselines.uar(y, pred, num_classes)}
 
 
 def run_model(name, make, grid, x_tr, y_tr, x_sel, y_sel, x_te, y_te, num_classes) -> dict:
