@@ -16,6 +16,8 @@ Hyperparameters never see the test actor. Two protocols:
   python -m experiments.baselines --data=../shared/data/ravdess \
       --out=experiments/results/ravdess_audio_baselines
 writes <out>.md (markdown table) and <out>.json (per-fold figures).
+`--groups=all,mfcc13_d,...` (see FEATURE_GROUPS) fits the same models on subsets
+of the statistics, e.g. only those of the deep audio model's input.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import sys
 import time
 
 import numpy as np
+import re
 
 # librosa's pYIN kernels are numba-compiled with cache=True; a cache written into
 # site-packages by another numba build segfaults when loaded, so cache elsewhere.
@@ -41,6 +44,19 @@ N_MELS = 40
 N_FFT = 800  # 50 ms
 HOP = 160  # 10 ms
 F0_MIN, F0_MAX = 65.0, 600.0
+
+# Subsets of the statistics (by name) for --groups; `mfcc13_d` is what the deep audio
+# model's MFCC-13 + delta input carries, `prosody` what `AudioFeatureConfig.prosody` adds.
+_MFCC13 = r'(mfcc|dmfcc)([0-9]|1[0-2])_'
+_PROSODY = r'(f0|rms|centroid|bandwidth|rolloff|flatness|contrast|zcr)'
+FEATURE_GROUPS = {
+    'all': r'.',
+    'mfcc13_d': _MFCC13,
+    'prosody': _PROSODY,
+    'mfcc13_d+prosody': f'{_MFCC13}|{_PROSODY}',
+    'no_f0': r'(?!f0)',
+    'logmel': r'logmel',
+}
 
 LR_GRID = {'C': [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0]}
 SVM_GRID = {'C': [0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0],
@@ -239,6 +255,16 @@ def run_fold(kind: str, protocol: str, fold: dict, x, y, actors, seed: int = 0,
           'n_train': int(tr.sum()), 'n_test': int(te.sum())}
 
 
+def feature_group(names, group: str) -> np.ndarray:
+  """Column indices of the statistics in FEATURE_GROUPS[group]."""
+  if group not in FEATURE_GROUPS:
+    raise ValueError(f'unknown feature group {group!r}; one of {sorted(FEATURE_GROUPS)}')
+  cols = np.array([i for i, n in enumerate(names) if re.match(FEATURE_GROUPS[group], n)], int)
+  if not cols.size:
+    raise ValueError(f'feature group {group!r} matches no feature')
+  return cols
+
+
 def _mean_std(v):
   v = np.asarray(v, float)
   return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
@@ -264,6 +290,8 @@ def main(argv=None):
   p.add_argument('--actors', default='', help='comma-separated actor ids to use (default: all found)')
   p.add_argument('--models', default='lr,svm')
   p.add_argument('--protocols', default='val,inner')
+  p.add_argument('--groups', default='all',
+                 help=f'comma-separated feature subsets, of {sorted(FEATURE_GROUPS)}')
   p.add_argument('--cache', default='/tmp/ravdess_utterance_features',
                  help="per-file feature cache ('' disables)")
   p.add_argument('--out', default='', help='write <out>.md and <out>.json')
@@ -281,14 +309,20 @@ def main(argv=None):
         f'({time.time() - t0:.0f} s)', file=sys.stderr)
   folds = loao_folds(actors)
   results = {}
-  for kind in args.models.split(','):
-    for protocol in args.protocols.split(','):
-      t0 = time.time()
-      per_fold = [run_fold(kind, protocol, f, x, y, actors) for f in folds]
-      results[f'{kind}_{protocol}'] = {
-          'model': {'lr': 'logistic regression', 'svm': 'RBF SVM'}[kind], 'protocol': protocol,
-          'folds': per_fold, 'accuracy': _mean_std([r['accuracy'] for r in per_fold]),
-          'uar': _mean_std([r['uar'] for r in per_fold]), 'wall_s': time.time() - t0}
+  groups = args.groups.split(',')
+  for group in groups:
+    cols = feature_group(names, group)
+    for kind in args.models.split(','):
+      for protocol in args.protocols.split(','):
+        t0 = time.time()
+        per_fold = [run_fold(kind, protocol, f, x[:, cols], y, actors) for f in folds]
+        model = {'lr': 'logistic regression', 'svm': 'RBF SVM'}[kind]
+        key = f'{kind}_{protocol}' if groups == ['all'] else f'{group}_{kind}_{protocol}'
+        results[key] = {
+            'model': model if groups == ['all'] else f'{model}, {group} ({cols.size})',
+            'protocol': protocol, 'features': group, 'n_features': int(cols.size),
+            'folds': per_fold, 'accuracy': _mean_std([r['accuracy'] for r in per_fold]),
+            'uar': _mean_std([r['uar'] for r in per_fold]), 'wall_s': time.time() - t0}
   table = markdown(results)
   print(table)
   if args.out:

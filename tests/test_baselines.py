@@ -58,3 +58,21 @@ def test_selection_never_reads_the_test_actor(kind, protocol):
                                    fold['validation'] if protocol == 'val' else ())
   assert params in baselines._grid(kind)
   assert score > 1 / 8  # the classes are separable along every feature
+
+
+@pytest.mark.skipif(not os.path.isdir(RAVDESS), reason='RAVDESS sample data absent')
+def test_feature_groups_pick_their_statistics():
+  import soundfile as sf
+  path = baselines.list_wavs(RAVDESS)[0][0]
+  wave, sr = sf.read(path, dtype='float32')
+  _, names = baselines.utterance_features(wave, sr)
+  pick = lambda g: [names[i] for i in baselines.feature_group(names, g)]
+  assert len(pick('all')) == len(names)
+  mfcc = pick('mfcc13_d')
+  assert len(mfcc) == 2 * 2 * 13 and 'mfcc12_std' in mfcc and 'dmfcc0_mean' in mfcc
+  assert not any(n.startswith(('mfcc13', 'ddmfcc', 'logmel')) for n in mfcc)
+  assert 'f0_log_mean' in pick('prosody') and not any('mfcc' in n for n in pick('prosody'))
+  assert not any(n.startswith('f0') for n in pick('no_f0'))
+  assert len(pick('mfcc13_d+prosody')) == len(mfcc) + len(pick('prosody'))
+  with pytest.raises(ValueError, match='unknown feature group'):
+    baselines.feature_group(names, 'pitch')

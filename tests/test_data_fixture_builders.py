@@ -4,6 +4,7 @@ per-trial face .avi files), and the true lengths they store."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 
@@ -444,3 +445,51 @@ def test_audio_feature_lengths(seconds, duration_s, num_frames, kind, expected):
   np.testing.assert_array_equal(feats, audio_features.extract_audio_features(wave, 16000, cfg))
   if n + 2 < len(feats):  # padding: constant rows (silence or zeros) after the real ones
     assert np.ptp(feats[n + 2:], axis=0).max() < 1e-3 < np.ptp(feats[:n], axis=0).max()
+
+
+# ----------------------------------------------------------------------------
+# Prosodic tracks
+
+
+def _tone(hz, seconds, sr=16000, amp=0.3, start_s=0.0):
+  t = np.arange(int(seconds * sr)) / sr
+  wave = amp * np.sin(2 * np.pi * hz * t)
+  wave[: int(start_s * sr)] = 0.0
+  return wave.astype(np.float32)
+
+
+def test_prosody_tracks_follow_pitch_and_voicing():
+  from data_pipelines.features import audio as audio_features
+  cfg = audio_features.AudioFeatureConfig(sample_rate=16000, duration_s=1.5, hop_length=160,
+                                          n_fft=800, num_frames=150, deltas=2, prosody=True,
+                                          pre_emphasis=0.97)
+  assert cfg.feature_dim == 39 + audio_features.PROSODY_DIM
+  plain = dataclasses.replace(cfg, prosody=False)
+  # Silence for 0.5 s, then a 220 Hz tone: silent frames are unvoiced, the tone's F0
+  # is found, and the unvoiced frames hold the first voiced F0 (no jump to 0).
+  wave = _tone(220.0, 1.5, start_s=0.5)
+  feats, n = audio_features.extract_audio_features(wave, 16000, cfg, return_length=True)
+  assert feats.shape == (150, cfg.feature_dim) and n == 150
+  # The MFCC rows are unchanged by the extra tracks.
+  np.testing.assert_array_equal(feats[:, :39], audio_features.extract_audio_features(wave, 16000, plain))
+  pros = dict(zip(audio_features.PROSODY_NAMES, feats[:, 39:].T))
+  assert pros['voiced'][:40].max() == 0.0 and pros['voiced'][70:140].min() == 1.0
+  np.testing.assert_allclose(2 ** pros['log2_f0'][60:140], 220.0, rtol=0.02)
+  np.testing.assert_allclose(2 ** pros['log2_f0'][:40], 220.0, rtol=0.02)
+  assert pros['rms_db'][:40].max() < pros['rms_db'][70:140].min() - 20
+  # An octave up moves log2 F0 by one.
+  up = audio_features.extract_audio_features(_tone(440.0, 1.5), 16000, cfg)
+  np.testing.assert_allclose(up[20:130, 39] - feats[70:140, 39].mean(), 1.0, atol=0.05)
+  # Deterministic.
+  np.testing.assert_array_equal(feats, audio_features.extract_audio_features(wave, 16000, cfg))
+
+
+def test_prosody_without_voice_is_finite():
+  from data_pipelines.features import audio as audio_features
+  cfg = audio_features.AudioFeatureConfig(sample_rate=16000, duration_s=1.0, hop_length=320,
+                                          n_fft=512, num_frames=50, prosody=True)
+  noise = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
+  feats = audio_features.extract_audio_features(noise, 16000, cfg)
+  assert feats.shape == (50, 13 + audio_features.PROSODY_DIM) and np.isfinite(feats).all()
+  pros = dict(zip(audio_features.PROSODY_NAMES, feats[:, 13:].T))
+  assert pros['voiced'].mean() < 0.1

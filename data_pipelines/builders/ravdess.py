@@ -17,6 +17,8 @@ Configs:
   speech_av_mtcnn  speech_av with MTCNN face boxes instead of the Haar cascade
                 (any config: `video.face_detector='haar'|'mtcnn'`).
   speech_audio  the 1440 audio-only speech wavs (modality 03).
+  speech_audio_prosody  speech_audio plus 15 frame-level prosodic tracks (pYIN F0,
+                voicing, RMS dB, spectral shape; features/audio.py:prosody_features).
   song_av, song_audio   the song takes (actor 18 has none).
   speech_av_small, speech_audio_small   tiny features for tests.
 
@@ -186,6 +188,10 @@ class Ravdess(tfds.core.GeneratorBasedBuilder):
                                                             face_detector='mtcnn')),
       RavdessConfig(name='speech_audio', description='Audio-only speech wavs (modality 03).',
                     with_video=False, video=None),
+      RavdessConfig(name='speech_audio_prosody', description='speech_audio with 15 prosodic '
+                    'and spectral-shape tracks (pYIN F0, voicing, energy, ...) after the MFCCs.',
+                    with_video=False, video=None,
+                    audio=dataclasses.replace(_default_audio(), prosody=True)),
       RavdessConfig(name='song_av', description='Song takes with video.', vocal_channel=2),
       RavdessConfig(name='song_audio', description='Audio-only song wavs.', vocal_channel=2,
                     with_video=False, video=None),

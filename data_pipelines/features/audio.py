@@ -8,9 +8,15 @@ the real datasets use.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Optional
 
 import numpy as np
+
+# librosa's pYIN kernels are numba-compiled with cache=True; a cache written into
+# site-packages by another numba build segfaults when loaded, so cache elsewhere.
+# Must be set before numba is first imported.
+os.environ.setdefault('NUMBA_CACHE_DIR', os.path.join(os.path.expanduser('~'), '.cache', 'numba'))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +25,9 @@ class AudioFeatureConfig:
 
   kind: 'mfcc' (with optional deltas), 'logmel', or 'waveform' ([T, 1]).
   num_frames: crop/pad the feature sequence to this length (None keeps it).
+  prosody: append PROSODY_DIM frame-level prosodic and spectral-shape tracks
+    (`prosody_features`) after the MFCC/log-mel rows; MFCCs carry little pitch or
+    loudness, which carry much of vocal emotion.
   """
   sample_rate: int = 16000
   duration_s: Optional[float] = None  # crop/pad the waveform to this length
@@ -35,13 +44,22 @@ class AudioFeatureConfig:
   deltas: int = 0  # 0: none, 1: +delta, 2: +delta+delta-delta
   num_frames: Optional[int] = None
   fmax: Optional[float] = None
+  prosody: bool = False
+  f0_min: float = 65.0  # pYIN search range (Hz): low male to high female speech
+  f0_max: float = 600.0
 
   @property
   def feature_dim(self) -> int:
     if self.kind == 'waveform':
       return 1
     base = self.n_mfcc if self.kind == 'mfcc' else self.n_mels
-    return base * (1 + self.deltas)
+    return base * (1 + self.deltas) + (PROSODY_DIM if self.prosody else 0)
+
+
+# Rows of `prosody_features`, in order.
+PROSODY_NAMES = ('log2_f0', 'voiced', 'rms_db', 'centroid_khz', 'bandwidth_khz',
+                 'rolloff_khz', 'flatness', 'zcr') + tuple(f'contrast{i}' for i in range(7))
+PROSODY_DIM = len(PROSODY_NAMES)
 
 
 def to_mono(wave: np.ndarray) -> np.ndarray:
@@ -108,6 +126,43 @@ def is_silent(wave: np.ndarray, threshold: float = 1e-4) -> bool:
   return wave.size == 0 or float(np.sqrt(np.mean(np.square(wave)))) < threshold
 
 
+def prosody_features(wave: np.ndarray, cfg: AudioFeatureConfig) -> np.ndarray:
+  """f32[PROSODY_DIM, T] tracks on the same frames as the mel spectrogram (centred, hop
+  `cfg.hop_length`): pYIN log2 F0 and voicing decision (0/1), RMS energy in dB, spectral
+  centroid, bandwidth and roll-off (kHz), flatness, zero-crossing rate, spectral contrast.
+
+  Unvoiced frames take the F0 interpolated between their voiced neighbours (held at
+  the ends), so the track has no jumps to 0; a take with no voiced frame gets the
+  geometric centre of the search range. `wave` should not be pre-emphasised: that
+  removes a low voice's fundamental and pYIN then finds few voiced frames.
+  """
+  import librosa
+  hop, sr = cfg.hop_length, cfg.sample_rate
+  # pYIN needs a window of a few periods of f0_min; the frame count only depends on hop.
+  f0_frame = max(cfg.n_fft, 1 << int(np.ceil(np.log2(4 * sr / cfg.f0_min))))
+  f0, voiced_flag, _ = librosa.pyin(wave, fmin=cfg.f0_min, fmax=cfg.f0_max, sr=sr,
+                              frame_length=f0_frame, hop_length=hop)
+  voiced = np.isfinite(f0)
+  if voiced.any():
+    idx = np.arange(f0.size)
+    log_f0 = np.interp(idx, idx[voiced], np.log2(f0[voiced]))
+  else:
+    log_f0 = np.full(f0.shape, 0.5 * np.log2(cfg.f0_min * cfg.f0_max))
+  spec = np.abs(librosa.stft(wave, n_fft=cfg.n_fft, hop_length=hop, win_length=cfg.win_length,
+                             window=cfg.window))
+  rms = librosa.feature.rms(S=spec, frame_length=cfg.n_fft, hop_length=hop)[0]
+  rows = [log_f0, voiced_flag.astype(np.float32),
+          librosa.amplitude_to_db(rms, ref=1.0, top_db=80.0),
+          librosa.feature.spectral_centroid(S=spec, sr=sr)[0] / 1000.0,
+          librosa.feature.spectral_bandwidth(S=spec, sr=sr)[0] / 1000.0,
+          librosa.feature.spectral_rolloff(S=spec, sr=sr)[0] / 1000.0,
+          librosa.feature.spectral_flatness(S=spec)[0],
+          librosa.feature.zero_crossing_rate(wave, frame_length=cfg.n_fft, hop_length=hop)[0],
+          *librosa.feature.spectral_contrast(S=spec, sr=sr)]
+  n = min(len(r) for r in rows)
+  return np.stack([np.asarray(r[:n], np.float32) for r in rows])
+
+
 def extract_audio_features(wave: np.ndarray, sr: int, cfg: AudioFeatureConfig, *,
                            return_length: bool = False):
   """Raw waveform (any rate, mono or multi-channel) -> f32[T, F].
@@ -121,6 +176,7 @@ def extract_audio_features(wave: np.ndarray, sr: int, cfg: AudioFeatureConfig, *
   wave = resample(to_mono(wave), sr, cfg.sample_rate)
   if cfg.trim_silence_db is not None:
     wave = trim_silence(wave, cfg.trim_silence_db)
+  plain = normalize_amplitude(wave) if cfg.normalize else wave
   wave = pre_emphasize(wave, cfg.pre_emphasis)
   if cfg.normalize:
     wave = normalize_amplitude(wave)
@@ -129,6 +185,7 @@ def extract_audio_features(wave: np.ndarray, sr: int, cfg: AudioFeatureConfig, *
     target = int(round(cfg.duration_s * cfg.sample_rate))
     num_real = kept_after_crop_or_pad(num_real, len(wave), target)
     wave = crop_or_pad(wave, target)
+    plain = crop_or_pad(plain, target)
   padded = num_real < len(wave)
   if cfg.kind == 'waveform':
     feats = wave[:, None]
@@ -154,6 +211,10 @@ def extract_audio_features(wave: np.ndarray, sr: int, cfg: AudioFeatureConfig, *
           parts.append(librosa.feature.delta(base, order=2, width=width, mode='nearest'))
       else:
         parts.extend([np.zeros_like(base)] * cfg.deltas)
+    if cfg.prosody:
+      pros = prosody_features(plain, cfg)
+      n = min(base.shape[1], pros.shape[1])
+      parts = [p[:, :n] for p in parts] + [pros[:, :n]]
     feats = np.concatenate(parts, axis=0).T  # [T, F]
   # librosa centres frame i on sample i * hop.
   if cfg.kind == 'waveform':
