@@ -22,7 +22,8 @@ DIR=../shared/data/ravdess (or ../shared/data for the pairing, which expects
 DIR/ravdess and DIR/ferplus).
 Variants: audio, face (unimodal heads), early, late, hybrid (fusion modes),
 from_validation (FER+ without FER2013Train), heldout (FER+ selected on 5 % of
-FER2013Train, FER2013Valid as a clean test), tuned (recipes found for small real
+FER2013Train, FER2013Valid as a clean test; for the pairing, faces from FER2013Valid
+only, which that face model never saw), tuned (recipes found for small real
 data beside the paper's: the face model's for FER+, the audio model's of
 experiments/results/ravdess_audio_loao.md; the fused model gets both architectures),
 e.g. `configs/mmt_ca.py:ravdess_audio+tuned,fold=2,seed=1`,
@@ -147,7 +148,11 @@ def _from_validation(c):
 
 def _heldout(c):
   # FER2013Test is not always at hand: select on the last 5 % of FER2013Train and
-  # report FER2013Valid as a test set no choice has seen.
+  # report FER2013Valid as a test set no choice has seen. For the pairing: faces from
+  # FER2013Valid only, so a face model trained this way has seen none of them.
+  if c.dataset.name.startswith('ravdess_ferplus/'):
+    c.dataset.name = 'ravdess_ferplus/paired_heldout'
+    return
   c.dataset.train_split = 'train[:95%]'
   c.dataset.val_split = 'train[95%:]'
   c.dataset.test_split = 'validation'
@@ -200,9 +205,12 @@ def _prosody(c):
   # The audio input gains frame-level pitch, voicing, energy and spectral-shape tracks
   # (`ravdess/speech_audio_prosody`): MFCC statistics alone give a linear model ~34 %
   # leave-one-actor-out, adding these ~45 % (experiments/results/ravdess_audio_loao.md).
-  if c.dataset.name != 'ravdess/speech_audio':
-    raise ValueError(f"'prosody' needs the ravdess/speech_audio dataset, not {c.dataset.name}")
-  c.dataset.name = 'ravdess/speech_audio_prosody'
+  with_prosody = {'ravdess/speech_audio': 'ravdess/speech_audio_prosody',
+                  'ravdess_ferplus/paired_heldout': 'ravdess_ferplus/paired_heldout_prosody'}
+  if c.dataset.name not in with_prosody:
+    raise ValueError(f"'prosody' needs one of {sorted(with_prosody)} (for the pairing put "
+                     f"'+heldout' first), not {c.dataset.name}")
+  c.dataset.name = with_prosody[c.dataset.name]
 
 
 VARIANTS = {

@@ -400,3 +400,32 @@ def test_ravdess_video_only_take_pairs_with_its_wav(shared_data, tmp_path):
   items, _ = ravdess.collect_items(str(tmp_path), cfg)
   assert len(items) == 1 and items[0]['video_path'].endswith('01-01-01-01-01-01-01.mp4')
   assert items[0]['audio_path'] == items[0]['video_path']  # its own track by default
+
+
+def test_ravdess_ferplus_heldout_faces_skip_fer2013train(shared_data, tmp_path):
+  from data_pipelines.builders import ravdess_ferplus as rf
+  sub = {'train': 'FER2013Train', 'validation': 'FER2013Valid'}
+  if not all((shared_data / 'ferplus' / d / 'label.csv').exists() for d in sub.values()):
+    pytest.skip('FER+ samples absent')
+  manual = tmp_path / 'ferplus'
+  ids = {}
+  for split, d in sub.items():
+    rows = list(csv.reader(open(shared_data / 'ferplus' / d / 'label.csv', newline='')))[:200]
+    (manual / d).mkdir(parents=True)
+    for row in rows:
+      os.symlink(shared_data / 'ferplus' / d / row[0], manual / d / row[0])
+    with open(manual / d / 'label.csv', 'w', newline='') as f:
+      csv.writer(f).writerows(rows)
+    ids[split] = {r[0][:-4] for r in rows}
+  fractions = {'train': 0.6, 'validation': 0.2, 'test': 0.2}
+  report = builder_lib.SkipReport('t')
+  drawn = lambda pools: [{f[0] for faces in pools[s].values() for f in faces} for s in fractions]
+  # Default: the FER+ train and validation folders each feed the pairing's splits.
+  every = set().union(*drawn(rf.face_pools(str(manual), fractions, 0, report)))
+  assert every & ids['train'] and every & ids['validation']
+  # Held out: FER2013Valid only, cut into disjoint parts.
+  parts = drawn(rf.face_pools(str(manual), fractions, 0, report, ('validation', 'test')))
+  assert all(parts) and set().union(*parts) <= ids['validation']
+  assert all(not (a & b) for i, a in enumerate(parts) for b in parts[i + 1:])
+  with pytest.raises(builder_lib.ManualDirError, match='no FER\\+ faces'):
+    rf.face_pools(str(manual), fractions, 0, report, ('test',))

@@ -12,7 +12,10 @@ Splits follow RAVDESS's speaker-independent actor splits (see ravdess.py).
 Faces never cross splits: when the FER+ folder has its train / validation /
 test sets, each RAVDESS split draws from the FER+ split of the same name;
 otherwise the available faces of each class are shuffled (seeded) and cut
-into disjoint parts with the RAVDESS split fractions. Which face joins which
+into disjoint parts with the RAVDESS split fractions. `paired_heldout` draws
+only from FER2013Valid (and FER2013Test), cut that way, so a face model trained
+on FER2013Train (`configs/mmt_ca.py:ferplus_face+heldout`) has seen no face of
+any split: the warm start of the fused model stays clean. Which face joins which
 utterance is a seeded draw per utterance, so builds are reproducible.
 FER+ labels use the `majority` rule (ferplus.py).
 
@@ -54,6 +57,9 @@ class RavdessFerplusConfig(tfds.core.BuilderConfig):
   faces_per_utterance: int = 1
   face_size: int = 48
   seed: int = 0
+  # FER+ folders faces may come from (of 'train', 'validation', 'test'); () all. Without
+  # 'train', no face is one a face model trained on FER2013Train has seen.
+  face_sources: tuple = ()
   val_frac: float = 0.2
   test_frac: float = 0.2
   audio: audio_features.AudioFeatureConfig = dataclasses.field(
@@ -71,15 +77,22 @@ def _draw(uid: str, seed: int, n: int, k: int) -> list:
   return list(np.random.default_rng(s).choice(n, size=min(k, n), replace=False))
 
 
-def face_pools(ferplus_dir: str, fractions: dict, seed: int, report) -> dict:
-  """{split: {class: [(fer id, u8[48, 48])]}} of majority-labelled FER+ faces."""
+def face_pools(ferplus_dir: str, fractions: dict, seed: int, report,
+               face_sources: tuple = ()) -> dict:
+  """{split: {class: [(fer id, u8[48, 48])]}} of majority-labelled FER+ faces, from
+  the FER+ splits in face_sources (all when empty)."""
   folders = {s: os.path.join(ferplus_dir, sub) for s, sub in ferplus._FOLDERS.items()
              if os.path.isdir(os.path.join(ferplus_dir, sub))}
   if folders:
-    sources = {s: list(ferplus.iter_folder(p, report, s)) for s, p in folders.items()}
+    sources = {s: list(ferplus.iter_folder(p, report, s)) for s, p in folders.items()
+               if not face_sources or s in face_sources}
   else:
     sources = ferplus.read_csv_pair(os.path.join(ferplus_dir, 'fer2013.csv'),
                                     os.path.join(ferplus_dir, 'fer2013new.csv'), report)
+    sources = {s: v for s, v in sources.items() if not face_sources or s in face_sources}
+  if not sources:
+    raise builder_lib.ManualDirError(
+        f'ravdess_ferplus: no FER+ faces from {list(face_sources)} under {ferplus_dir}')
   by_split = {}
   for split, rows in sources.items():
     for uid, grey, votes in rows:
@@ -124,6 +137,13 @@ class RavdessFerplus(tfds.core.GeneratorBasedBuilder):
                            'speech utterance, MFCC-13+deltas x 360.'),
       RavdessFerplusConfig(name='paired_x3', description='Three faces per utterance.',
                            faces_per_utterance=3),
+      RavdessFerplusConfig(name='paired_heldout', description='paired with faces from '
+                           'FER2013Valid/Test only, none a model trained on FER2013Train saw.',
+                           face_sources=('validation', 'test')),
+      RavdessFerplusConfig(name='paired_heldout_prosody', description='paired_heldout with '
+                           'the 15 prosodic tracks after the MFCCs (ravdess.speech_audio_prosody).',
+                           face_sources=('validation', 'test'),
+                           audio=dataclasses.replace(ravdess._default_audio(), prosody=True)),
       RavdessFerplusConfig(name='paired_small', description='Tiny features for tests.',
                            audio=ravdess._SMALL_AUDIO),
   ]
@@ -167,7 +187,8 @@ class RavdessFerplus(tfds.core.GeneratorBasedBuilder):
     fractions = {'train': 1.0 - c.val_frac - c.test_frac, 'validation': c.val_frac,
                  'test': c.test_frac}
     fractions = {s: f for s, f in fractions.items() if s in gens}
-    pools = face_pools(os.path.join(manual_dir, 'ferplus'), fractions, c.seed, report)
+    pools = face_pools(os.path.join(manual_dir, 'ferplus'), fractions, c.seed, report,
+                       tuple(c.face_sources))
     if builder_lib.use_beam():
       return {s: builder_lib.beam_flat_map(g, _beam_pairs, pools[s], s, builder_lib.plain_config(c))
               for s, g in gens.items()}
