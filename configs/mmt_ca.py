@@ -182,6 +182,13 @@ def _tuned(c):
     _tuned_face(c)
   if c.model.head in ('audio', 'fused'):
     _tuned_audio(c)
+  if c.dataset.name.startswith('ravdess_ferplus/'):
+    # Every head of the pairing: the face model's width (its FER+ run restores into
+    # the face branch; one d_model serves both branches and their cross-attention)
+    # and the small-data training of the audio recipe (a few hundred utterances).
+    _tuned_face(c)
+    _tuned_audio(c)
+    c.model.d_model = 128
 
 
 def _tuned_audio(c):
@@ -235,10 +242,27 @@ TABLES = {
         ('audio', 'ravdess+audio'), ('face', 'ravdess+face'), ('early fusion', 'ravdess+early'),
         ('late fusion', 'ravdess+late'), ('hybrid fusion', 'ravdess+hybrid'))),
     'mmt_ca_ravdess_audio': config_lib.Table('The audio model on RAVDESS, leave-one-actor-out', (
-        ('paper recipe', 'ravdess_audio'), ('tuned recipe', 'ravdess_audio+tuned'))),
+        ('paper recipe', 'ravdess_audio'), ('tuned recipe', 'ravdess_audio+tuned'),
+        ('tuned recipe + prosody', 'ravdess_audio+tuned+prosody'))),
     'mmt_ca_ferplus_pairing': config_lib.Table('Fusion of real signals: RAVDESS speech x FER+ faces', (
         ('audio', 'ravdess_ferplus+audio'), ('face', 'ravdess_ferplus+face'),
         ('fused', 'ravdess_ferplus'))),
+    # The paper's three-step recipe on real signals: the face model trained on
+    # FER2013Train (`--input=ferplus_face=WORKDIR` of a `ferplus_face+tuned+heldout` run),
+    # fine-tuned on the pairing's unseen FER2013Valid faces; the audio model; then the
+    # fused model starting from both runs of the same fold and seed.
+    'mmt_ca_ferplus_fusion': config_lib.Table(
+        'Fusion of real signals, warm-started (004 recipe): RAVDESS speech x unseen FER+ faces', (
+            ('audio', 'ravdess_ferplus+audio+heldout+tuned+prosody'),
+            ('face', 'ravdess_ferplus+face+heldout+tuned+prosody', 'model_init.kind=workdir',
+             'model_init.path={input:ferplus_face}',
+             "model_init.source_scopes=('face_cnn','face_encoder')"),
+            ('fused', 'ravdess_ferplus+hybrid+heldout+tuned+prosody',
+             "model_init.sources=({'kind': 'workdir', 'path': '{run:audio}', "
+             "'source_scopes': ('audio_*',)}, {'kind': 'workdir', 'path': '{run:face}', "
+             "'source_scopes': ('face_*',)})")),
+        notes='Each row: leave-one-actor-out over the 4 sample actors; faces from '
+        'FER2013Valid, which the FER+ face run never trained or selected on.'),
 }
 
 

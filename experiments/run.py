@@ -11,6 +11,11 @@ Every training is its own `python -m mer_jax.main` process (log in the run's
 command skips finished runs (results.json present) and resumes unfinished
 ones from their checkpoints. A failed run is reported and the others go on;
 the table counts the finished runs (the 'runs' column).
+
+A row's overrides may name other runs, for warm starts (paper 004's fused model
+from its trained face and audio models): `{run:ROW}` is the workdir of row ROW
+at the same fold and seed (that run goes first; if it fails, so does this one),
+`{input:NAME}` a directory given as `--input=NAME=DIR` (e.g. a trained FER+ run).
 Experiments with `robustness` then score every run under the corruption sweep
 (`experiments.robustness_eval`, one process per run, skipped when its
 robustness.json exists) and plot accuracy against the corruption rate.
@@ -19,6 +24,7 @@ robustness.json exists) and plot accuracy against the corruption rate.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,6 +48,7 @@ flags.DEFINE_integer('val_groups', -2, 'Override the validation groups (see data
 flags.DEFINE_string('group_key', '', 'Override the feature that names fold groups.')
 flags.DEFINE_multi_string('set', [], 'Extra config override for every run, KEY=VALUE '
                           '(becomes --config.KEY=VALUE), e.g. --set=train.max_steps=20.')
+flags.DEFINE_multi_string('input', [], 'NAME=DIR for the {input:NAME} of rows\' overrides.')
 flags.DEFINE_string('data_dir', '', 'TFDS data_dir for every run (--config.dataset.data_dir).')
 flags.DEFINE_integer('parallel', 1, 'Trainings at once.')
 flags.DEFINE_bool('robustness', None, 'Force the corruption sweep on or off.')
@@ -116,9 +123,34 @@ def _die_with_parent():
     pass
 
 
+_REF = re.compile(r'\{(run|input):([^{}]+)\}')
+
+
+def resolve_refs(args: list[str], run_dirs: dict, inputs: dict) -> tuple[list[str], list[str]]:
+  """(args with {run:ROW} / {input:NAME} replaced, the run workdirs they name).
+
+  run_dirs maps a row's name (or its slug) to its workdir at this fold and seed.
+  """
+  used = []
+
+  def sub(m):
+    kind, name = m.group(1), m.group(2)
+    table = run_dirs if kind == 'run' else inputs
+    key = name if name in table else tables.slug(name)
+    if key not in table:
+      what = 'rows' if kind == 'run' else 'inputs (--input=NAME=DIR)'
+      raise app.UsageError(f'{m.group(0)}: no such {kind}; {what}: {sorted(table)}')
+    if kind == 'run':
+      used.append(table[key])
+    return table[key]
+
+  return [_REF.sub(sub, a) for a in args], used
+
+
 class Job:
-  def __init__(self, label: str, workdir: str, cmd: list[str], done_file: str):
+  def __init__(self, label: str, workdir: str, cmd: list[str], done_file: str, deps=()):
     self.label, self.workdir, self.cmd, self.done_file = label, workdir, cmd, done_file
+    self.deps = list(deps)  # jobs whose workdirs this one reads
     self.proc = None
     self.t0 = 0.0
 
@@ -171,9 +203,14 @@ def run_jobs(jobs: list[Job], parallel: int) -> list[Job]:
 
   try:
     for j in todo:
-      while len(running) >= max(parallel, 1):
+      while len(running) >= max(parallel, 1) or any(d in running for d in j.deps):
         reap(block=False)
         time.sleep(0.5)
+      missing = [d.label for d in j.deps if not d.done()]
+      if missing:
+        print(f'FAILED {j.label}: the runs it starts from did not finish: {missing}', flush=True)
+        failed.append(j)
+        continue
       print(f'start {j.label} -> {j.workdir}', flush=True)
       j.start()
       running.append(j)
@@ -201,19 +238,38 @@ def main(argv):
   exp_dir = os.path.abspath(os.path.join(FLAGS.root, exp.name + (f'_{FLAGS.preset}' if FLAGS.preset else '')))
   os.makedirs(exp_dir, exist_ok=True)
   python = sys.executable
+  inputs = {}
+  for kv in FLAGS.input:
+    name, sep, path = kv.partition('=')
+    if not sep or not path:
+      raise app.UsageError(f'--input={kv}: expected NAME=DIR')
+    inputs[name] = os.path.abspath(path)
   train_jobs, sweep_jobs = [], []
+  by_workdir = {}
   for v in exp.variants:
     for fold, seed in exp.protocol.runs():
       workdir = os.path.join(exp_dir, tables.slug(v.name), tables.run_name(fold, seed))
-      args = config_args(exp, v, fold, seed)
+      run_dirs = {tables.slug(u.name): os.path.join(exp_dir, tables.slug(u.name),
+                                                    tables.run_name(fold, seed))
+                  for u in exp.variants if u is not v}
+      args, used = resolve_refs(config_args(exp, v, fold, seed), run_dirs, inputs)
       label = f'{v.name} / {tables.run_name(fold, seed)}'
-      train_jobs.append(Job(label, workdir, [python, '-m', 'mer_jax.main', f'--workdir={workdir}',
-                                             '--mode=train'] + args, 'results.json'))
+      job = Job(label, workdir, [python, '-m', 'mer_jax.main', f'--workdir={workdir}',
+                                 '--mode=train'] + args, 'results.json')
+      train_jobs.append(job)
+      by_workdir[workdir] = job
+      job.deps = used
       sweep_jobs.append(Job(label + ' robustness', workdir,
                             [python, '-m', 'experiments.robustness_eval', f'--workdir={workdir}',
                              f'--rates={FLAGS.robustness_rates}'] + args, 'robustness.json'))
   print(f'{exp.name}: {len(exp.variants)} variants x {len(exp.protocol.runs())} runs -> {exp_dir}',
         flush=True)
+  for j in train_jobs:
+    if any(d not in by_workdir for d in j.deps):
+      raise app.UsageError(f'{j.label}: a {{run:ROW}} names a row after it or itself')
+    j.deps = [by_workdir[d] for d in j.deps]
+    if any(train_jobs.index(d) > train_jobs.index(j) for d in j.deps):
+      raise app.UsageError(f'{j.label}: a {{run:ROW}} must name an earlier row of the table')
   failed = run_jobs(train_jobs, FLAGS.parallel)
   if exp.robustness:
     trained = [s for s, t in zip(sweep_jobs, train_jobs) if t.done()]

@@ -291,7 +291,7 @@ def restore_run(workdir: str, checkpoint: str = 'best', config=None):
   if config.get('model_init') is not None:  # the checkpoint already holds the weights
     with config.unlocked():
       config.model_init.kind = ''
-      config.model_init.sources = []
+      config.model_init.sources = ()
   run = build_run(config)
   state, meta = restore(run, workdir, checkpoint)
   return run, state, meta

@@ -108,7 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model_init = ml_collections.ConfigDict({
       'kind': '', 'path': '', 'target': '', 'checkpoint': 'best', 'strict': True,
       'exclude': tuple_or_none, 'source_scopes': ml_collections.config_dict.placeholder(tuple),
-      'target_scopes': ml_collections.config_dict.placeholder(tuple), 'sources': []})
+      'target_scopes': ml_collections.config_dict.placeholder(tuple), 'sources': ()})
 
   # --- Loss ----------------------------------------------------------------
   c.loss = ml_collections.ConfigDict()

@@ -174,3 +174,34 @@ def test_definitions_and_tables(tmp_path):
   md = (tmp_path / 'robustness.md').read_text()
   assert '| audio 50% | 64.50 ± 0.71 | 64.50 ± 0.71 |' in md
   assert (tmp_path / 'robustness.png').stat().st_size > 1000
+
+
+def test_runner_warm_start_refs_and_dependencies(tmp_path):
+  from absl import app as absl_app
+  from absl import flags
+  from experiments import run
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  dirs = {'audio': '/r/audio/fold0_seed0', 'face': '/r/face/fold0_seed0'}
+  args, used = run.resolve_refs(
+      ["--config.model_init.sources=({'path': '{run:audio}'}, {'path': '{run:Face}'})",
+       '--config.model_init.path={input:fer}', '--config.seed=0'], dirs, {'fer': '/in/fer'})
+  assert args[0] == ("--config.model_init.sources=({'path': '/r/audio/fold0_seed0'}, "
+                     "{'path': '/r/face/fold0_seed0'})")
+  assert args[1] == '--config.model_init.path=/in/fer' and args[2] == '--config.seed=0'
+  assert used == ['/r/audio/fold0_seed0', '/r/face/fold0_seed0']
+  with pytest.raises(absl_app.UsageError, match=r'\{run:video\}: no such run'):
+    run.resolve_refs(['{run:video}'], dirs, {})
+  with pytest.raises(absl_app.UsageError, match='--input=NAME=DIR'):
+    run.resolve_refs(['{input:fer}'], dirs, {})
+
+  # A run whose source run fails is not started; an independent one still runs.
+  def job(name, ok, deps=()):
+    code = f"open({str(tmp_path / name / 'results.json')!r}, 'w')" if ok else 'raise SystemExit(3)'
+    return run.Job(name, str(tmp_path / name), [sys.executable, '-c', code], 'results.json', deps)
+  audio, face = job('audio', ok=False), job('face', ok=True)
+  fused, other = job('fused', ok=True, deps=[audio, face]), job('other', ok=True)
+  failed = run.run_jobs([audio, face, fused, other], parallel=2)
+  assert [j.label for j in failed] == ['audio', 'fused']
+  assert face.done() and other.done() and not fused.done()
+  assert not os.path.exists(tmp_path / 'fused' / 'log.txt')  # never started
