@@ -58,6 +58,19 @@ def test_mmt_ca_tuned_recipe_follows_the_head():
   assert audio.model.audio_conv_channels == (64, 64) and audio.model.face_convs_per_block == 1
   fused = mod.get_config('ravdess+tuned')  # both branches as the tuned unimodal runs
   assert fused.model.face_convs_per_block == 2 and fused.model.audio_conv_channels == (64, 64)
+  # The pairing: every head has both branches at the face run's width and the
+  # small-data training, on faces the FER+ run never saw, with prosody when asked.
+  pairing = {h: mod.get_config(f'ravdess_ferplus+{h}+heldout+tuned+prosody')
+             for h in ('audio', 'face', 'hybrid')}
+  for c in pairing.values():
+    assert c.dataset.name == 'ravdess_ferplus/paired_heldout_prosody'
+    assert c.model.d_model == face.model.d_model == 128
+    assert c.model.face_channels == face.model.face_channels
+    assert c.model.audio_conv_channels == (64, 64) and c.input.batch_size == 16
+  assert mod.get_config('ravdess_audio+tuned+prosody').dataset.name == (
+      'ravdess/speech_audio_prosody')
+  with pytest.raises(ValueError, match="put '\+heldout' first"):
+    mod.get_config('ravdess_ferplus+prosody')
 
 
 def test_unknown_names_are_rejected():
