@@ -197,7 +197,8 @@ def _tuned_audio(c):
   # Conv1D front-end, a smaller transformer, SpecAugment, AdamW with warm-up and
   # cosine, label smoothing, selection and early stopping on validation UAR.
   # Leave-one-actor-out on the four sample actors: accuracy 28.2 +- 10.4 (4 folds x 3
-  # seeds), still below an RBF SVM on utterance statistics (42.5 +- 6.7).
+  # seeds; 33.1 +- 14.5 with `+prosody`), still below an RBF SVM on utterance
+  # statistics (42.5 +- 6.7).
   c.model.update(audio_input_norm='batchnorm', audio_conv_channels=(64, 64), d_model=64,
                  audio_layers=2, dropout_rate=0.2, head_dropout=0.3, audio_mask_time=30,
                  audio_mask_freq=6)
