@@ -238,6 +238,10 @@ VARIANT_BASES = {'from_validation': 'ferplus_face', 'heldout': 'ferplus_face',
                  'prosody': 'ravdess_audio'}
 
 
+_FROM_BOTH = ("model_init.sources=({'kind': 'workdir', 'path': '{run:audio}', "
+              "'source_scopes': ('audio_*',)}, {'kind': 'workdir', 'path': '{run:face}', "
+              "'source_scopes': ('face_*',)})")
+
 TABLES = {
     'mmt_ca_main': config_lib.Table('Audio, face and fused heads on RAVDESS (Section 5)', (
         ('audio', 'ravdess+audio'), ('face', 'ravdess+face'), ('early fusion', 'ravdess+early'),
@@ -258,10 +262,9 @@ TABLES = {
             ('face', 'ravdess_ferplus+face+heldout+tuned+prosody', 'model_init.kind=workdir',
              'model_init.path={input:ferplus_face}',
              "model_init.source_scopes=('face_cnn','face_encoder')"),
-            ('fused', 'ravdess_ferplus+hybrid+heldout+tuned+prosody',
-             "model_init.sources=({'kind': 'workdir', 'path': '{run:audio}', "
-             "'source_scopes': ('audio_*',)}, {'kind': 'workdir', 'path': '{run:face}', "
-             "'source_scopes': ('face_*',)})")),
+            ('fused', 'ravdess_ferplus+hybrid+heldout+tuned+prosody', _FROM_BOTH),
+            # Decision-level only: starts as the product of the two trained classifiers.
+            ('fused, late', 'ravdess_ferplus+late+heldout+tuned+prosody', _FROM_BOTH)),
         notes='Each row: leave-one-actor-out over the 4 sample actors; faces from '
         'FER2013Valid, which the FER+ face run never trained or selected on.'),
 }
