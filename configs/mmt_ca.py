@@ -177,17 +177,16 @@ def _tuned_face(c):
 
 def _tuned(c):
   # The recipe of the branch a preset trains; the fused model gets both branches'
-  # architectures, so tuned unimodal runs restore into it.
-  if c.model.head in ('face', 'fused'):
+  # architectures, so tuned unimodal runs restore into it. Every head of the pairing
+  # gets both: the face model's width (its FER+ run restores into the face branch; one
+  # d_model serves both branches and their cross-attention) and the small-data
+  # training of the audio recipe (a few hundred utterances).
+  pairing = c.dataset.name.startswith('ravdess_ferplus/')
+  if c.model.head in ('face', 'fused') or pairing:
     _tuned_face(c)
-  if c.model.head in ('audio', 'fused'):
+  if c.model.head in ('audio', 'fused') or pairing:
     _tuned_audio(c)
-  if c.dataset.name.startswith('ravdess_ferplus/'):
-    # Every head of the pairing: the face model's width (its FER+ run restores into
-    # the face branch; one d_model serves both branches and their cross-attention)
-    # and the small-data training of the audio recipe (a few hundred utterances).
-    _tuned_face(c)
-    _tuned_audio(c)
+  if pairing:
     c.model.d_model = 128
 
 

@@ -27,16 +27,14 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import sys
 import time
 
 import numpy as np
-import re
 
-# librosa's pYIN kernels are numba-compiled with cache=True; a cache written into
-# site-packages by another numba build segfaults when loaded, so cache elsewhere.
-# Must be set before numba is first imported.
-os.environ.setdefault('NUMBA_CACHE_DIR', os.path.join(os.path.expanduser('~'), '.cache', 'numba'))
+# Imported first: it points numba's cache (pYIN) away from site-packages.
+from data_pipelines.features import audio as audio_features
 
 SAMPLE_RATE = 16000
 N_MFCC = 20
@@ -73,7 +71,6 @@ def _stats(x: np.ndarray, prefix: str, names: list, values: list) -> None:
 def utterance_features(wave: np.ndarray, sr: int) -> tuple[np.ndarray, list]:
   """A waveform -> (f32[D] utterance statistics, their D names)."""
   import librosa
-  from data_pipelines.features import audio as audio_features
   wave = audio_features.resample(audio_features.to_mono(wave), sr, SAMPLE_RATE)
   if audio_features.is_silent(wave):
     raise ValueError('silent waveform')

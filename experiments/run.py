@@ -265,8 +265,6 @@ def main(argv):
   print(f'{exp.name}: {len(exp.variants)} variants x {len(exp.protocol.runs())} runs -> {exp_dir}',
         flush=True)
   for j in train_jobs:
-    if any(d not in by_workdir for d in j.deps):
-      raise app.UsageError(f'{j.label}: a {{run:ROW}} names a row after it or itself')
     j.deps = [by_workdir[d] for d in j.deps]
     if any(train_jobs.index(d) > train_jobs.index(j) for d in j.deps):
       raise app.UsageError(f'{j.label}: a {{run:ROW}} must name an earlier row of the table')
