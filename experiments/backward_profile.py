@@ -96,8 +96,9 @@ def profile_model(config, batch_size: int, repeats: int) -> dict:
 
 def _blocks(config, batch_size: int, impl: str):
   """(name, module, input, call kwargs) at the shapes the frame encoder sees."""
+  from mer_jax import assembly
   from mer_jax.models import encoders, layers
-  shapes = dict(config.input.example_shapes)
+  shapes = assembly.example_shapes(config)
   if 'video' not in shapes:
     return []
   t, h, w, _ = shapes['video'][-4:] if len(shapes['video']) == 4 else (1,) + tuple(shapes['video'])
@@ -238,9 +239,12 @@ def main(argv):
   config = FLAGS.config
   _CPU_TIME[0] = FLAGS.cpu_time
   if FLAGS.frames:
-    shapes = dict(config.input.example_shapes)
+    from mer_jax import assembly
+    shapes = assembly.example_shapes(config)
     shapes['video'] = (FLAGS.frames,) + tuple(shapes['video'][1:])
     config.input.example_shapes = shapes
+    # Shapes no builder declares: the profile runs on these alone (no dataset is read).
+    config.dataset.name = f'{config.dataset.name} ({FLAGS.frames} frames)'
   bs = FLAGS.batch_size or config.input.batch_size
   if FLAGS.trace_top:  # a trace only, of the config as given
     print(trace_top(config, bs, FLAGS.trace_top))

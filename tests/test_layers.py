@@ -27,14 +27,16 @@ def test_pointwise_einsum_equals_xla():
   np.testing.assert_allclose(m_xla.apply(params, x), m_mm.apply(params, x), atol=1e-5)
 
 
-@pytest.mark.parametrize('size', [8, 9, 112])
-def test_max_pool_shifted_equals_reduce_window(size):
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, 3))
-  a = layers.max_pool_2d(x, 3, 2, impl='xla')
-  b = layers.max_pool_2d(x, 3, 2, impl='matmul')
+@pytest.mark.parametrize('window,stride,h,w', [
+    (3, 2, 8, 8), (3, 2, 9, 9), (3, 2, 112, 112), (3, 2, 9, 12), (2, 2, 8, 8), (2, 2, 7, 9),
+    (3, 1, 6, 7), (5, 2, 11, 10), (3, 3, 10, 8)])
+def test_max_pool_shifted_equals_reduce_window(window, stride, h, w):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, h, w, 3))
+  a = layers.max_pool_2d(x, window, stride, impl='xla')
+  b = layers.max_pool_2d(x, window, stride, impl='matmul')
   np.testing.assert_array_equal(a, b)
-  ga = jax.grad(lambda x: jnp.sum(layers.max_pool_2d(x, 3, 2, impl='xla') ** 2))(x)
-  gb = jax.grad(lambda x: jnp.sum(layers.max_pool_2d(x, 3, 2, impl='matmul') ** 2))(x)
+  ga = jax.grad(lambda x: jnp.sum(layers.max_pool_2d(x, window, stride, impl='xla') ** 2))(x)
+  gb = jax.grad(lambda x: jnp.sum(layers.max_pool_2d(x, window, stride, impl='matmul') ** 2))(x)
   np.testing.assert_allclose(ga, gb, atol=1e-6)
 
 
