@@ -4,7 +4,8 @@ Training: per-epoch deterministic shuffle (seeded by seed and epoch), stateless
 augmentation keyed by (seed, epoch, position), batches of the per-process
 batch size with the remainder dropped, and `skip_batches` to resume mid-epoch
 on exactly the batches an uninterrupted run would have seen.
-Per-utterance normalisation (`audio_norm='utterance'`) applies to training
+Audio normalisation (`audio_norm`: 'utterance' z-scores each clip over its own
+steps, 'speaker' over all of its speaker's clips in the split) applies to training
 and evaluation alike; augmentation (the `augment` dict, see `AUGMENT_KEYS`)
 and mixup only to training.
 Evaluation: every example exactly once; the last batch is padded with zero
@@ -43,7 +44,9 @@ AUGMENT_KEYS = {
     'mixup_alpha': 'float a > 0: mixup of whole batches with lambda ~ Beta(a, a) per batch; '
                    'adds label_b, mix_lambda (and soft_label_b) to the batch',
 }
-AUDIO_NORMS = ('none', 'utterance')
+# 'speaker' z-scores by the statistics of all of the speaker's clips in the split being
+# read (unlabelled audio of the test speakers is used: a transductive protocol).
+AUDIO_NORMS = ('none', 'utterance', 'speaker')
 
 
 def _tf():
@@ -252,9 +255,13 @@ def _to_contract(example):
 
 
 def normalize_audio(example, mode: str):
-  """'utterance': z-scores each audio coefficient over the example's valid steps."""
+  """'utterance': z-scores each audio coefficient over the example's valid steps.
+  ('speaker' needs the split's statistics: see `audio_normalizer`.)"""
   if mode not in AUDIO_NORMS:
     raise ValueError(f'audio_norm must be one of {AUDIO_NORMS}, got {mode!r}')
+  if mode == 'speaker':
+    raise ValueError("audio_norm='speaker' needs the statistics of each speaker's clips in "
+                     'the split (input_pipeline.audio_normalizer); one clip is not enough')
   if mode == 'none' or 'audio' not in example or len(example['audio'].shape) != 2:
     return example
   tf = _tf()
@@ -267,6 +274,72 @@ def normalize_audio(example, mode: str):
   # Padded steps become 0, the normalised mean; constant coefficients become 0.
   out['audio'] = (x - mean) * tf.math.rsqrt(var + 1e-6) * v
   return out
+
+
+_SPEAKER_STATS: dict = {}
+
+
+def speaker_audio_stats(builder, split: str):
+  """(speaker ids, mean [S, F], 1/std [S, F]) of the audio coefficients over the valid
+  steps of all of each speaker's examples in `split` (cached per builder and split)."""
+  import json
+  import tensorflow_datasets as tfds
+  from data_pipelines import folds
+  plan = getattr(builder, 'fold_plan', None)  # a fold's view names its groups
+  key = (builder.info.full_name, str(builder.data_dir), split,
+         json.dumps(plan.to_dict(), sort_keys=True, default=str) if plan is not None else '')
+  if key in _SPEAKER_STATS:
+    return _SPEAKER_STATS[key]
+  feats = builder.info.features
+  if 'speaker' not in feats or 'audio' not in feats or len(feats['audio'].shape) != 2:
+    raise ValueError(f"audio_norm='speaker' needs 'speaker' and [T, F] 'audio' features; "
+                     f'{builder.info.full_name} has {sorted(feats.keys())}')
+  # Only what the statistics and a fold's filter read; frames stay undecoded.
+  names = {'speaker', 'audio', 'audio_length', folds.COPY_KEY,
+           getattr(plan, 'group_key', None), getattr(plan, 'val_key', None)}
+  wanted = {k: True for k in names if k and k in feats}
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          decoders=tfds.decode.PartialDecoding(wanted))
+  acc = {}
+  for ex in tfds.as_numpy(ds):
+    x = ex['audio'].astype(np.float64)
+    if 'audio_length' in ex:
+      x = x[:int(ex['audio_length'])]
+    spk = ex['speaker'].item() if hasattr(ex['speaker'], 'item') else ex['speaker']
+    n, s1, s2 = acc.get(spk, (0, 0.0, 0.0))
+    acc[spk] = (n + x.shape[0], s1 + x.sum(0), s2 + np.square(x).sum(0))
+  if not acc:
+    raise ValueError(f'split {split!r} of {builder.info.full_name} has no examples')
+  ids = sorted(acc)
+  mean = np.stack([acc[i][1] / max(acc[i][0], 1) for i in ids])
+  var = np.stack([acc[i][2] / max(acc[i][0], 1) for i in ids]) - np.square(mean)
+  out = (np.array(ids), mean.astype(np.float32),
+         (1.0 / np.sqrt(np.maximum(var, 0.0) + 1e-6)).astype(np.float32))
+  logging.info('speaker audio statistics of %s[%s]: %d speakers', builder.info.full_name,
+               split, len(ids))
+  _SPEAKER_STATS[key] = out
+  return out
+
+
+def audio_normalizer(builder, split: str, mode: str):
+  """The map from a stored example to the contract's, with `mode`'s audio normalisation.
+  `split` is the whole split (not one process's shard), so every process agrees."""
+  if mode != 'speaker':
+    if mode not in AUDIO_NORMS:
+      raise ValueError(f'audio_norm must be one of {AUDIO_NORMS}, got {mode!r}')
+    return lambda ex: normalize_audio(_to_contract(ex), mode)
+  tf = _tf()
+  ids, mean, inv_std = speaker_audio_stats(builder, split)
+  ids_t, mean_t, inv_t = tf.constant(ids), tf.constant(mean), tf.constant(inv_std)
+
+  def fn(ex):
+    out = _to_contract(ex)
+    i = tf.argmax(tf.cast(tf.equal(ids_t, tf.cast(ex['speaker'], ids_t.dtype)), tf.int32))
+    x = tf.cast(out['audio'], tf.float32)
+    v = out.get('audio_valid', tf.ones([tf.shape(x)[0]], tf.float32))[:, None]
+    out['audio'] = (x - mean_t[i][None]) * inv_t[i][None] * v
+    return out
+  return fn
 
 
 def _mask_spans(seed, length, limit, width, count):
@@ -398,19 +471,19 @@ def train_dataset(builder, split: str, batch_size: int, *, seed: int, epoch: int
   """One epoch of training batches for this process (remainder dropped).
 
   augment: dict of AUGMENT_KEYS options (None: no augmentation).
-  audio_norm: 'none' or 'utterance' (must match the evaluation's).
+  audio_norm: one of AUDIO_NORMS (must match the evaluation's).
   """
   tf = _tf()
   aug = dict(augment or {})
   unknown = set(aug) - set(AUGMENT_KEYS)
   if unknown:
     raise ValueError(f'unknown augment options {sorted(unknown)}; known: {sorted(AUGMENT_KEYS)}')
+  to_contract = audio_normalizer(builder, split, audio_norm)
   split = _process_split(split, process_index, process_count)
   ds = builder.as_dataset(split=split, shuffle_files=False)
   epoch_seed = int(np.random.SeedSequence([seed, epoch, process_index]).generate_state(1)[0])
   ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
-  ds = ds.map(lambda ex: normalize_audio(_to_contract(ex), audio_norm),
-              num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(to_contract, num_parallel_calls=tf.data.AUTOTUNE)
   mixup_alpha = float(aug.pop('mixup_alpha', 0.0) or 0.0)
   if aug:
     ds = ds.enumerate().map(
@@ -446,11 +519,11 @@ def eval_dataset(builder, split: str, batch_size: int, *, process_index: int = 0
   total = num_examples(builder, split)
   per_process_max = math.ceil(total / process_count)
   num_batches = max(math.ceil(per_process_max / batch_size), 1)
+  to_contract = audio_normalizer(builder, split, audio_norm)
   local_split = _process_split(split, process_index, process_count)
   local_n = num_examples(builder, local_split)
   ds = builder.as_dataset(split=local_split, shuffle_files=False)
-  ds = ds.map(lambda ex: normalize_audio(_to_contract(ex), audio_norm),
-              num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(to_contract, num_parallel_calls=tf.data.AUTOTUNE)
   pad = num_batches * batch_size - local_n
   if pad:
     zero = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)

@@ -245,6 +245,32 @@ def test_utterance_norm_train_and_eval(builder):
     input_pipeline.eval_dataset(builder, 'test', 8, audio_norm='global')
 
 
+def test_speaker_norm_uses_each_speakers_clips(builder):
+  # Every speaker's valid steps, over all of its clips in the split, end up with
+  # mean 0 and std 1 per coefficient; padding stays 0; one clip alone is refused.
+  raw = _batches(builder.as_dataset(split='test', shuffle_files=False).batch(1000))[0]
+  ds, _ = input_pipeline.eval_dataset(builder, 'test', 1000, audio_norm='speaker')
+  ev = _batches(ds)[0]
+  n = len(raw['label'])
+  np.testing.assert_array_equal(ev['label'][:n], raw['label'])  # same order
+  valid = ev['audio_valid'][:n] > 0
+  speakers = np.unique(raw['speaker'])
+  assert len(speakers) > 1
+  for spk in speakers:
+    steps = ev['audio'][:n][raw['speaker'] == spk][valid[raw['speaker'] == spk]]
+    np.testing.assert_allclose(steps.mean(0), 0, atol=1e-3)
+    np.testing.assert_allclose(steps.std(0), 1, atol=1e-2)
+  np.testing.assert_array_equal(ev['audio'][:n][~valid], 0)
+  # Training reads the same statistics (its split's) and agrees example by example.
+  tr = _batches(input_pipeline.train_dataset(builder, 'test', 4, seed=0, epoch=0,
+                                             audio_norm='speaker'))
+  for b in tr:
+    for a, lab in zip(b['audio'], b['label']):
+      assert any(np.allclose(a, e, atol=1e-5) for e in ev['audio'][:n][ev['label'][:n] == lab])
+  with pytest.raises(ValueError, match='speaker'):
+    input_pipeline.normalize_audio(_example(valid_steps=30), 'speaker')
+
+
 def test_utterance_norm_uses_valid_steps_only():
   ex = _example(valid_steps=30)
   out = _np(input_pipeline.normalize_audio(ex, 'utterance'))['audio']
