@@ -262,6 +262,16 @@ def feature_group(names, group: str) -> np.ndarray:
   return cols
 
 
+def speaker_normalize(x: np.ndarray, actors: np.ndarray) -> np.ndarray:
+  """Each actor's rows z-scored by that actor's own mean and std (all of its clips,
+  labels unused), as the deep model's audio_norm='speaker'."""
+  z = np.empty_like(x, dtype=np.float64)
+  for a in np.unique(actors):
+    m = actors == a
+    z[m] = (x[m] - x[m].mean(0)) / (x[m].std(0) + 1e-8)
+  return z
+
+
 def _mean_std(v):
   v = np.asarray(v, float)
   return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
@@ -289,6 +299,8 @@ def main(argv=None):
   p.add_argument('--protocols', default='val,inner')
   p.add_argument('--groups', default='all',
                  help=f'comma-separated feature subsets, of {sorted(FEATURE_GROUPS)}')
+  p.add_argument('--speaker_norm', action='store_true',
+                 help="z-score every actor's statistics by its own clips (audio_norm='speaker')")
   p.add_argument('--cache', default='/tmp/ravdess_utterance_features',
                  help="per-file feature cache ('' disables)")
   p.add_argument('--out', default='', help='write <out>.md and <out>.json')
@@ -302,6 +314,8 @@ def main(argv=None):
   x, names = load_features(items, args.cache)
   actors = np.array([a for _, a, _ in items])
   y = np.array([lab for _, _, lab in items])
+  if args.speaker_norm:
+    x = speaker_normalize(x, actors)
   print(f'{len(items)} clips, {len(set(actors))} actors, {x.shape[1]} features '
         f'({time.time() - t0:.0f} s)', file=sys.stderr)
   folds = loao_folds(actors)
@@ -328,6 +342,7 @@ def main(argv=None):
       f.write(table)
     with open(args.out + '.json', 'w') as f:
       json.dump({'data': os.path.abspath(args.data), 'n_clips': len(items),
+                 'speaker_norm': bool(args.speaker_norm),
                  'n_features': len(names), 'feature_names': names, 'results': results}, f,
                 indent=2)
 

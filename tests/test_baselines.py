@@ -76,3 +76,17 @@ def test_feature_groups_pick_their_statistics():
   assert len(pick('mfcc13_d+prosody')) == len(mfcc) + len(pick('prosody'))
   with pytest.raises(ValueError, match='unknown feature group'):
     baselines.feature_group(names, 'pitch')
+
+
+def test_speaker_normalize_per_actor():
+  rng = np.random.default_rng(0)
+  actors = np.repeat([1, 2, 3], 20)
+  x = rng.normal(size=(60, 4)) * np.repeat([[1.0], [5.0], [0.5]], 20, 0) + np.repeat(
+      [[0.0], [10.0], [-3.0]], 20, 0)
+  z = baselines.speaker_normalize(x, actors)
+  for a in (1, 2, 3):
+    np.testing.assert_allclose(z[actors == a].mean(0), 0, atol=1e-9)
+    np.testing.assert_allclose(z[actors == a].std(0), 1, atol=1e-6)
+  # Within an actor the order of the clips is kept (an affine map per column).
+  m = actors == 2
+  np.testing.assert_array_equal(np.argsort(z[m, 0]), np.argsort(x[m, 0]))

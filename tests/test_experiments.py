@@ -205,3 +205,31 @@ def test_runner_warm_start_refs_and_dependencies(tmp_path):
   assert [j.label for j in failed] == ['audio', 'fused']
   assert face.done() and other.done() and not fused.done()
   assert not os.path.exists(tmp_path / 'fused' / 'log.txt')  # never started
+
+
+def test_score_fusion_weight_chosen_on_validation():
+  from experiments import late_fusion
+  rng = np.random.default_rng(0)
+  n, c = 400, 4
+  y = rng.integers(0, c, n)
+  onehot = np.eye(c)[y]
+  # a knows classes 0-1, b knows classes 2-3; each is a coin toss on the others.
+  know_a, know_b = np.isin(y, [0, 1])[:, None], np.isin(y, [2, 3])[:, None]
+  lp_a = np.log(np.where(know_a, 0.7 * onehot + 0.1, 0.25))
+  lp_b = np.log(np.where(know_b, 0.7 * onehot + 0.1, 0.25))
+  w, uar, acc = late_fusion.choose_weight(lp_a, lp_b, y, grid=11)
+  assert 0.0 < w < 1.0 and uar > 0.99 and acc > 0.99
+  # A useless first input gets a weight small enough to change nothing.
+  noise = np.log(rng.dirichlet(np.ones(c), n))
+  good = np.log(0.9 * onehot + 0.025)
+  w, uar, _ = late_fusion.choose_weight(noise, good, y, grid=11)
+  assert w < 0.5 and uar == 1.0
+  np.testing.assert_array_equal(np.argmax(w * noise + (1 - w) * good, -1), y)
+  # With the roles swapped the weight follows the useful input.
+  w2, uar2, _ = late_fusion.choose_weight(good, noise, y, grid=11)
+  assert w2 > 0.5 and uar2 == 1.0
+  runs = {f'fold{k}_seed{s}': {'w': 0.3, 'val_uar': 0.7, 'a_test_accuracy': 0.4,
+                              'b_test_accuracy': 0.6 + 0.01 * s, 'fused_test_accuracy': 0.65}
+          for k in range(2) for s in range(2)}
+  table = late_fusion.markdown(runs, 'audio', 'face')
+  assert '| **mean ± std (4 runs)** |' in table and 'fused - face per seed: +5.0, +4.0' in table
