@@ -334,7 +334,10 @@ def audio_normalizer(builder, split: str, mode: str):
 
   def fn(ex):
     out = _to_contract(ex)
-    i = tf.argmax(tf.cast(tf.equal(ids_t, tf.cast(ex['speaker'], ids_t.dtype)), tf.int32))
+    match = tf.equal(ids_t, tf.cast(ex['speaker'], ids_t.dtype))
+    with tf.control_dependencies([tf.debugging.assert_equal(
+        tf.reduce_any(match), True, message=f'a speaker without statistics in {split!r}')]):
+      i = tf.argmax(tf.cast(match, tf.int32))
     x = tf.cast(out['audio'], tf.float32)
     v = out.get('audio_valid', tf.ones([tf.shape(x)[0]], tf.float32))[:, None]
     out['audio'] = (x - mean_t[i][None]) * inv_t[i][None] * v

@@ -49,8 +49,11 @@ def log_probs(workdir: str, split: str, data_dir: str = ''):
   ds, _ = input_pipeline.eval_dataset(data.builder, data.split(split), bs,
                                       audio_norm=run.config.input.audio_norm)
 
+  from mer_jax import contract as bc
+
   @jax.jit
   def predict(batch):
+    batch = bc.mask_modalities(batch, run.masked)  # as the run's own evaluation
     out = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats}, batch,
                          train=False)
     return jax.nn.log_softmax(out['logits'].astype(np.float32), axis=-1)
