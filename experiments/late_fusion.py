@@ -16,21 +16,13 @@ the classical late-fusion baseline beside the fused models that learn their fusi
 
 from __future__ import annotations
 
+import argparse
 import glob
 import json
 import os
 import re
 
 import numpy as np
-from absl import app, flags
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string('table', None, 'Directory of a table run by experiments.run (one folder '
-                    'per row, fold*_seed* inside).')
-flags.DEFINE_list('rows', ['audio', 'face'], 'The two unimodal rows: first gets w, second 1-w.')
-flags.DEFINE_integer('grid', 21, 'Number of weights on [0, 1].')
-flags.DEFINE_string('out', '', 'Write <out>.md and <out>.json.')
-flags.DEFINE_string('data_dir', '', "TFDS data_dir of the runs' dataset (default: the runs').")
 
 
 def log_probs(workdir: str, split: str, data_dir: str = ''):
@@ -103,35 +95,44 @@ def fuse_run(dir_a: str, dir_b: str, grid: int = 21, data_dir: str = '') -> dict
   return res
 
 
-def main(argv):
-  del argv
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--table', required=True, help='Directory of a table run by experiments.run '
+                 '(one folder per row, fold*_seed* inside).')
+  p.add_argument('--rows', default='audio,face',
+                 help='The two unimodal rows: the first gets w, the second 1-w.')
+  p.add_argument('--grid', type=int, default=21, help='Number of weights on [0, 1].')
+  p.add_argument('--out', default='', help='Write <out>.md and <out>.json.')
+  p.add_argument('--data_dir', default='',
+                 help="TFDS data_dir of the runs' dataset (default: the runs').")
+  args = p.parse_args(argv)
   from mer_jax import contract
   contract.quiet_libraries()
-  row_a, row_b = FLAGS.rows
+  row_a, row_b = args.rows.split(',')
   runs = {}
-  for d in sorted(glob.glob(os.path.join(FLAGS.table, row_a, 'fold*_seed*'))):
+  for d in sorted(glob.glob(os.path.join(args.table, row_a, 'fold*_seed*'))):
     name = os.path.basename(d)
-    other = os.path.join(FLAGS.table, row_b, name)
+    other = os.path.join(args.table, row_b, name)
     if not (os.path.exists(os.path.join(d, 'results.json'))
             and os.path.exists(os.path.join(other, 'results.json'))):
       print(f'{name}: a row has no finished run; skipped', flush=True)
       continue
-    runs[name] = fuse_run(d, other, FLAGS.grid, FLAGS.data_dir)
+    runs[name] = fuse_run(d, other, args.grid, args.data_dir)
     r = runs[name]
     print(f"{name}: w={r['w']:.2f} (val UAR {100 * r['val_uar']:.1f})  test acc "
           f"{row_a} {100 * r['a_test_accuracy']:.1f}  {row_b} {100 * r['b_test_accuracy']:.1f}  "
           f"fused {100 * r['fused_test_accuracy']:.1f}", flush=True)
   if not runs:
-    raise SystemExit(f'no pair of finished runs under {FLAGS.table}/{{{row_a},{row_b}}}')
+    raise SystemExit(f'no pair of finished runs under {args.table}/{{{row_a},{row_b}}}')
   table = markdown(runs, row_a, row_b)
   print(table)
-  if FLAGS.out:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-    with open(FLAGS.out + '.md', 'w') as f:
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + '.md', 'w') as f:
       f.write(table)
-    with open(FLAGS.out + '.json', 'w') as f:
-      json.dump({'table': os.path.abspath(FLAGS.table), 'rows': [row_a, row_b],
-                 'grid': FLAGS.grid, 'runs': runs}, f, indent=2)
+    with open(args.out + '.json', 'w') as f:
+      json.dump({'table': os.path.abspath(args.table), 'rows': [row_a, row_b],
+                 'grid': args.grid, 'runs': runs}, f, indent=2)
 
 
 def _ms(v):
@@ -169,5 +170,4 @@ def markdown(runs: dict, row_a: str, row_b: str) -> str:
 
 
 if __name__ == '__main__':
-  flags.mark_flag_as_required('table')
-  app.run(main)
+  main()
