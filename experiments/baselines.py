@@ -272,6 +272,15 @@ def speaker_normalize(x: np.ndarray, actors: np.ndarray) -> np.ndarray:
   return z
 
 
+def write_results(out: str, table: str, payload: dict) -> None:
+  """`<out>.md` (the table) and `<out>.json` (everything), creating the folder."""
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out + '.md', 'w') as f:
+    f.write(table)
+  with open(out + '.json', 'w') as f:
+    json.dump(payload, f, indent=2)
+
+
 def _mean_std(v):
   v = np.asarray(v, float)
   return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
@@ -337,14 +346,10 @@ def main(argv=None):
   table = markdown(results)
   print(table)
   if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + '.md', 'w') as f:
-      f.write(table)
-    with open(args.out + '.json', 'w') as f:
-      json.dump({'data': os.path.abspath(args.data), 'n_clips': len(items),
-                 'speaker_norm': bool(args.speaker_norm),
-                 'n_features': len(names), 'feature_names': names, 'results': results}, f,
-                indent=2)
+    write_results(args.out, table, {
+        'data': os.path.abspath(args.data), 'n_clips': len(items),
+        'speaker_norm': bool(args.speaker_norm), 'n_features': len(names),
+        'feature_names': names, 'results': results})
 
 
 if __name__ == '__main__':

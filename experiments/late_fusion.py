@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import re
 
@@ -127,12 +126,10 @@ def main(argv=None):
   table = markdown(runs, row_a, row_b)
   print(table)
   if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + '.md', 'w') as f:
-      f.write(table)
-    with open(args.out + '.json', 'w') as f:
-      json.dump({'table': os.path.abspath(args.table), 'rows': [row_a, row_b],
-                 'grid': args.grid, 'runs': runs}, f, indent=2)
+    from experiments import baselines
+    baselines.write_results(args.out, table, {'table': os.path.abspath(args.table),
+                                              'rows': [row_a, row_b], 'grid': args.grid,
+                                              'runs': runs})
 
 
 def _ms(v):
