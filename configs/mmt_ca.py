@@ -29,7 +29,8 @@ experiments/results/ravdess_audio_loao.md; the fused model gets both architectur
 e.g. `configs/mmt_ca.py:ravdess_audio+tuned,fold=2,seed=1`,
 `configs/mmt_ca.py:ferplus_face+tuned+heldout`; prosody (the audio model on MFCCs
 plus pitch, voicing, energy and spectral-shape tracks: `ravdess_audio+tuned+prosody`),
-spknorm (audio z-scored per speaker).
+spknorm (audio z-scored per speaker), stats (the audio classifier also sees its
+input's utterance statistics).
 The paper's recipe is three runs: the face model on FER+, the audio model on
 RAVDESS, then the fused model initialised from both
 (`--config.model_init.kind=workdir`, see mer_jax/pretrained.py).
@@ -61,6 +62,7 @@ def defaults(c):
   c.model.audio_mask_time = 0
   c.model.audio_mask_freq = 0
   c.model.audio_pool = 'mean'  # 'meanstd': statistics pooling for the audio classifier
+  c.model.audio_input_stats = False  # the classifier also sees the input's utterance statistics
   # Each unimodal head also learns from the labels, so late fusion has classifiers to combine.
   c.loss.unimodal_weight = 0.5
 
@@ -235,11 +237,15 @@ VARIANTS = {
     # unlabelled audio included: transductive). An SVM on utterance statistics gains
     # ~5 points leave-one-actor-out from the same normalisation.
     'spknorm': config_lib.overrides(input=dict(audio_norm='speaker')),
+    # The audio classifier also sees the mean and std over time of its normalised input
+    # (the statistics the baselines classify) beside the encoder's pooled sequence.
+    'stats': config_lib.overrides(model=dict(audio_input_stats=True)),
 }
 
 # Variants meant for one preset (the preset check runs them there).
 VARIANT_BASES = {'from_validation': 'ferplus_face', 'heldout': 'ferplus_face',
-                 'prosody': 'ravdess_audio', 'spknorm': 'ravdess_audio'}
+                 'prosody': 'ravdess_audio', 'spknorm': 'ravdess_audio',
+                 'stats': 'ravdess_audio'}
 
 
 _FROM_BOTH = ("model_init.sources=({'kind': 'workdir', 'path': '{run:audio}', "

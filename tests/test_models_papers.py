@@ -163,6 +163,33 @@ def test_mmt_ca_unimodal_heads_and_single_images():
                              rtol=1e-5, atol=1e-5)
 
 
+def test_mmt_ca_audio_input_stats_reach_the_classifier():
+  """`audio_input_stats`: the classifier's input gains the mean and std over valid
+  steps of each input feature, and those statistics alone move the decision."""
+  config = _config('mmt_ca', 'tiny+audio')
+  batch = _random_batch(config)
+  f = batch['audio'].shape[-1]
+  plain = models.build(config.model, 6)
+  model = plain.clone(audio_input_stats=True)
+  pv, variables = _init(plain, batch), _init(model, batch)
+  width = pv['params']['audio_classifier']['kernel'].shape[0]
+  chex.assert_shape(variables['params']['audio_classifier']['kernel'], (width + 2 * f, 6))
+  # Only the statistics' rows of the kernel changed: the logits move by exactly their
+  # contribution, the mean and std of the (un-normalised, audio_input_norm='none') input.
+  params = jax.tree.map(lambda x: x, variables['params'])
+  kernel = np.asarray(params['audio_classifier']['kernel'])
+  bumped = kernel.copy()
+  bumped[width:] += 0.1
+  params['audio_classifier'] = dict(params['audio_classifier'], kernel=jnp.asarray(bumped))
+  before = np.asarray(model.apply(variables, batch, train=False)['logits'])
+  after = np.asarray(model.apply(dict(variables, params=params), batch, train=False)['logits'])
+  x, valid = batch['audio'], np.asarray(bc.time_valid(batch, 'audio'))[..., None]
+  mean = (x * valid).sum(1) / valid.sum(1)
+  std = np.sqrt((((x - mean[:, None]) ** 2) * valid).sum(1) / valid.sum(1) + 1e-5)
+  want = 0.1 * (mean.sum(1) + std.sum(1))
+  np.testing.assert_allclose(after - before, np.repeat(want[:, None], 6, 1), rtol=1e-4, atol=1e-4)
+
+
 def test_ofcmaer_three_modalities_and_missing_one():
   config = _config('ofcmaer_cat')
   config.model.modalities = ('audio', 'video', 'physio')

@@ -102,12 +102,13 @@ class MMTCA(nn.Module):
   audio_mask_time: int = 0  # max width (steps) of each of 2 time masks
   audio_mask_freq: int = 0  # max width (features) of 1 feature mask
   audio_pool: str = 'mean'  # 'mean' (the paper) | 'meanstd': mean and std over valid steps
+  audio_input_stats: bool = False  # classifier also sees the input's mean and std over time
   impl: str = 'xla'  # 'matmul': the CPU-fast im2col convolutions and max-pool of the face CNN
   remat: bool = False  # recompute the frame encoder's activations in the backward pass
   dtype: str = 'float32'  # compute dtype of the encoders; params and fusion stay float32
 
   def _audio(self, batch, train):
-    """-> (sequence [B, T, d], valid [B, T])."""
+    """-> (sequence [B, T, d], valid [B, T], input statistics [B, 2F] or None)."""
     x = batch['audio'].astype(jnp.float32)
     valid = bc.time_valid(batch, 'audio')
     if self.audio_input_norm == 'utterance':
@@ -122,6 +123,10 @@ class MMTCA(nn.Module):
     elif self.audio_input_norm != 'none':
       raise ValueError(f"audio_input_norm must be 'none', 'utterance' or 'batchnorm', "
                        f'got {self.audio_input_norm!r}')
+    stats = None
+    if self.audio_input_stats:  # before SpecAugment: masks would bias the statistics
+      stats = jnp.concatenate([layers.masked_mean(x, valid),
+                               jnp.sqrt(layers.masked_var(x, valid) + 1e-5)], axis=-1)
     if train and (self.audio_mask_time or self.audio_mask_freq):
       x = _spec_mask(x, self.make_rng('dropout'), self.audio_mask_time, self.audio_mask_freq)
     for i, c in enumerate(self.audio_conv_channels):
@@ -134,7 +139,7 @@ class MMTCA(nn.Module):
     enc = encoders.SequenceTransformerEncoder(
         self.d_model, self.audio_layers, self.num_heads, self.d_ff_ratio * self.d_model,
         self.dropout_rate, name='audio_encoder')
-    return enc(x, train, mask=valid), valid
+    return enc(x, train, mask=valid), valid, stats
 
   def _face(self, batch, train):
     """-> (sequence [B, T, d], valid [B, T]); a single image is one valid step."""
@@ -177,9 +182,12 @@ class MMTCA(nn.Module):
     out = {}
     if self.head in ('audio', 'fused'):
       m_a = bc.modality_mask(batch, 'audio')
-      a, a_valid = self._audio(batch, train)
+      a, a_valid, a_stats = self._audio(batch, train)
       a = a * m_a[:, None, None]
-      out['audio_logits'] = self._classify(self._pool_audio(a, a_valid), train, 'audio_classifier')
+      pooled = self._pool_audio(a, a_valid)
+      if a_stats is not None:
+        pooled = jnp.concatenate([pooled, a_stats * m_a[:, None]], axis=-1)
+      out['audio_logits'] = self._classify(pooled, train, 'audio_classifier')
     if self.head in ('face', 'fused'):
       m_v = bc.modality_mask(batch, 'video')
       v, v_valid = self._face(batch, train)
