@@ -17,6 +17,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from data_pipelines import input_pipeline
@@ -82,6 +83,7 @@ def train_and_evaluate(config, workdir: str, data: input_pipeline.Data | None = 
   t_start = time.time()
   t_base = meta['train_time_s']
   pending = []
+  pending_best, last_save = None, time.time()
   while step < total and not meta['stopped']:
     epoch = step // spe
     if epoch != it_epoch:
@@ -116,16 +118,28 @@ def train_and_evaluate(config, workdir: str, data: input_pipeline.Data | None = 
         if _better(metric_name, val[metric_name], meta['best_value']):
           meta.update(best_value=val[metric_name], best_step=step, bad_epochs=0)
           meta['train_time_s'] = t_base + time.time() - t_start
-          ckpts.save_best(step, assembly.state_dict(state), dict(meta, val=_scalars(val)))
+          best_meta = dict(meta, val=_scalars(val))
+          if cfg.checkpoint_min_interval_s > 0:
+            # Written with the next 'latest' save, which is the first record that points
+            # at it; a copy, since the next step takes over the state's buffers.
+            pending_best = (step, jax.tree.map(jnp.copy, assembly.state_dict(state)),
+                            best_meta)
+          else:
+            ckpts.save_best(step, assembly.state_dict(state), best_meta)
         else:
           meta['bad_epochs'] += 1
           if cfg.early_stopping_patience and meta['bad_epochs'] >= cfg.early_stopping_patience:
             meta['stopped'] = True
             logging.info('Early stopping at epoch %d (best %s=%.4f at step %d)', epoch + 1,
                          metric_name, meta['best_value'], meta['best_step'])
-    if epoch_end or step % cfg.checkpoint_every_steps == 0:
+    if (step % cfg.checkpoint_every_steps == 0 or step == total or meta['stopped'] or
+        (epoch_end and time.time() - last_save >= cfg.checkpoint_min_interval_s)):
+      if pending_best is not None:
+        ckpts.save_best(*pending_best)
+        pending_best = None
       meta['train_time_s'] = t_base + time.time() - t_start
       ckpts.save_latest(step, assembly.state_dict(state), meta)
+      last_save = time.time()
   progress.close()
   train_time = meta['train_time_s'] if step >= total or meta['stopped'] else t_base + time.time() - t_start
 

@@ -124,6 +124,43 @@ def test_checkpoint_cadence_and_in_process_resume(uninterrupted, tiny_data_dir, 
     assert res[split]['loss'] == pytest.approx(full[split]['loss'], rel=1e-5)
 
 
+def test_deferred_best_checkpoint_is_the_immediate_one(uninterrupted, tiny_data_dir, tmp_path,
+                                                       monkeypatch):
+  """`checkpoint_min_interval_s`: epoch ends inside the interval skip the 'latest' save,
+  and a new best is written just before the next one; the run ends on the same best
+  checkpoint (so the same results) as a run that saves at every epoch end."""
+  from mer_jax import checkpointing, train
+  calls = []
+  for name in ('save_latest', 'save_best'):
+    def wrapped(self, step, state, meta, _f=getattr(checkpointing.Checkpoints, name), _n=name):
+      calls.append((_n, step))
+      return _f(self, step, state, meta)
+    monkeypatch.setattr(checkpointing.Checkpoints, name, wrapped)
+  results = {}
+  for interval in (0.0, 1e9):
+    calls.clear()
+    res = train.train_and_evaluate(_tiny(tiny_data_dir, checkpoint_min_interval_s=interval),
+                                   str(tmp_path / f'interval_{interval:g}'))
+    results[interval] = (res, list(calls))
+  (every, every_calls), (deferred, deferred_calls) = results[0.0], results[1e9]
+  # tiny: 9 steps per epoch, 18 steps, a 'latest' every 4 steps.
+  assert [s for n, s in every_calls if n == 'save_latest'] == [4, 8, 9, 12, 16, 18]
+  assert [s for n, s in deferred_calls if n == 'save_latest'] == [4, 8, 12, 16, 18]
+  best_every = [s for n, s in every_calls if n == 'save_best']
+  best_deferred = [s for n, s in deferred_calls if n == 'save_best']
+  assert best_deferred and best_deferred[-1] == best_every[-1] == every['best_step']
+  assert set(best_deferred) <= set(best_every)
+  for i, (n, s) in enumerate(deferred_calls):  # each best goes out with the next 'latest'
+    if n == 'save_best':
+      assert deferred_calls[i + 1][0] == 'save_latest' and deferred_calls[i + 1][1] >= s
+  full = _results(uninterrupted)
+  for res in (every, deferred):
+    assert res['best_step'] == full['best_step']
+    for split in ('val', 'test'):
+      assert res[split]['confusion_matrix'] == full[split]['confusion_matrix']
+      assert res[split]['loss'] == pytest.approx(full[split]['loss'], rel=1e-5)
+
+
 def test_run_without_test_split_ends_on_validation(tiny_data_dir, tmp_path):
   from mer_jax import train
   cfg = _tiny(tiny_data_dir, max_steps=3)
