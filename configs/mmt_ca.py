@@ -29,8 +29,9 @@ experiments/results/ravdess_audio_loao.md; the fused model gets both architectur
 e.g. `configs/mmt_ca.py:ravdess_audio+tuned,fold=2,seed=1`,
 `configs/mmt_ca.py:ferplus_face+tuned+heldout`; prosody (the audio model on MFCCs
 plus pitch, voicing, energy and spectral-shape tracks: `ravdess_audio+tuned+prosody`),
-spknorm (audio z-scored per speaker), stats (the audio classifier also sees its
-input's utterance statistics).
+spknorm (audio z-scored per speaker), stats / statsens (the audio classifier also
+sees its input's utterance statistics / they get a linear classifier of their own
+whose logits add to it).
 The paper's recipe is three runs: the face model on FER+, the audio model on
 RAVDESS, then the fused model initialised from both
 (`--config.model_init.kind=workdir`, see mer_jax/pretrained.py).
@@ -62,7 +63,10 @@ def defaults(c):
   c.model.audio_mask_time = 0
   c.model.audio_mask_freq = 0
   c.model.audio_pool = 'mean'  # 'meanstd': statistics pooling for the audio classifier
-  c.model.audio_input_stats = False  # the classifier also sees the input's utterance statistics
+  # The input's utterance statistics: 'concat' (to the audio classifier's input) |
+  # 'ensemble' (a linear classifier of their own, added; loss.stats_weight x its CE).
+  c.model.audio_input_stats = 'none'
+  c.loss.stats_weight = 1.0
   # Each unimodal head also learns from the labels, so late fusion has classifiers to combine.
   c.loss.unimodal_weight = 0.5
 
@@ -239,13 +243,14 @@ VARIANTS = {
     'spknorm': config_lib.overrides(input=dict(audio_norm='speaker')),
     # The audio classifier also sees the mean and std over time of its normalised input
     # (the statistics the baselines classify) beside the encoder's pooled sequence.
-    'stats': config_lib.overrides(model=dict(audio_input_stats=True)),
+    'stats': config_lib.overrides(model=dict(audio_input_stats='concat')),
+    'statsens': config_lib.overrides(model=dict(audio_input_stats='ensemble')),
 }
 
 # Variants meant for one preset (the preset check runs them there).
 VARIANT_BASES = {'from_validation': 'ferplus_face', 'heldout': 'ferplus_face',
                  'prosody': 'ravdess_audio', 'spknorm': 'ravdess_audio',
-                 'stats': 'ravdess_audio'}
+                 'stats': 'ravdess_audio', 'statsens': 'ravdess_audio'}
 
 
 _FROM_BOTH = ("model_init.sources=({'kind': 'workdir', 'path': '{run:audio}', "

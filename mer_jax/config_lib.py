@@ -143,7 +143,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Epoch ends save too, once this many seconds have passed since the last save (0: every
   # epoch end); a new best waits in memory for that save. Short epochs then stop paying
   # ~1 s of orbax per epoch (experiments/results/backward_profile.md).
-  c.train.checkpoint_min_interval_s = 30.0
+  c.train.checkpoint_min_interval_s = 60.0
   c.train.keep_checkpoints = 2
   c.train.eval_every_epochs = 1
   c.train.early_stopping_metric = 'accuracy'  # on the validation split

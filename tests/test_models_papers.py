@@ -170,7 +170,7 @@ def test_mmt_ca_audio_input_stats_reach_the_classifier():
   batch = _random_batch(config)
   f = batch['audio'].shape[-1]
   plain = models.build(config.model, 6)
-  model = plain.clone(audio_input_stats=True)
+  model = plain.clone(audio_input_stats='concat')
   pv, variables = _init(plain, batch), _init(model, batch)
   width = pv['params']['audio_classifier']['kernel'].shape[0]
   chex.assert_shape(variables['params']['audio_classifier']['kernel'], (width + 2 * f, 6))
@@ -188,6 +188,21 @@ def test_mmt_ca_audio_input_stats_reach_the_classifier():
   std = np.sqrt((((x - mean[:, None]) ** 2) * valid).sum(1) / valid.sum(1) + 1e-5)
   want = 0.1 * (mean.sum(1) + std.sum(1))
   np.testing.assert_allclose(after - before, np.repeat(want[:, None], 6, 1), rtol=1e-4, atol=1e-4)
+  # 'ensemble': the statistics' own linear classifier, added to the plain model's logits,
+  # with its own loss term.
+  ens = plain.clone(audio_input_stats='ensemble')
+  ev = _init(ens, batch)
+  out = ens.apply(ev, batch, train=False)
+  stats = np.concatenate([mean, std], -1)
+  sc = ev['params']['audio_stats_classifier']
+  np.testing.assert_allclose(out['audio_stats_logits'], stats @ sc['kernel'] + sc['bias'],
+                             rtol=1e-4, atol=1e-4)
+  without = {k: v for k, v in ev['params'].items() if k != 'audio_stats_classifier'}
+  np.testing.assert_allclose(out['audio_logits'] - out['audio_stats_logits'],
+                             plain.apply(dict(ev, params=without), batch, train=False)['logits'],
+                             rtol=1e-4, atol=1e-4)
+  loss, aux = models.get('mmt_ca').loss_fn(out, batch, config.loss)
+  assert np.isfinite(float(aux['ce_audio_stats'])) and float(loss) > float(aux['ce_audio_stats'])
 
 
 def test_ofcmaer_three_modalities_and_missing_one():

@@ -95,7 +95,8 @@ def _check_padding_invariance(model, modalities, extra=3):
     ('mmt_ca', {}, ('audio', 'video')),
     ('mmt_ca', {'audio_pool': 'meanstd', 'audio_input_norm': 'batchnorm',
                 'audio_conv_channels': (8, 8)}, ('audio', 'video')),
-    ('mmt_ca', {'head': 'audio', 'audio_input_stats': True, 'audio_input_norm': 'batchnorm'},
+    ('mmt_ca', {'head': 'audio', 'audio_input_stats': 'concat',
+                'audio_input_norm': 'batchnorm'},
      ('audio',)),
 ])
 def test_padding_changes_no_eval_output(paper, overrides, modalities):

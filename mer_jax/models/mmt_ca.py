@@ -34,7 +34,12 @@ learned global standardisation that keeps clip-level loudness and timbre);
 projection (shorter sequences, local spectral patterns); `audio_mask_time` /
 `audio_mask_freq` are SpecAugment widths applied after normalisation in training;
 `audio_pool='meanstd'` gives the audio classifier the standard deviation over
-time beside the mean (statistics pooling).
+time beside the mean (statistics pooling); `audio_input_stats` uses the mean
+and std over time of the normalised input features (the utterance statistics a
+linear model does well with on a few speakers): 'concat' hands them to the audio
+classifier beside the pooled sequence, 'ensemble' gives them a linear classifier
+of their own (`audio_stats_logits`, with its own loss term) whose logits add to
+the audio classifier's.
 Parameter names of the two branches do not depend on `head`, so a face model
 trained with head='face' and an audio model trained with head='audio' restore
 into the fused model.
@@ -102,7 +107,7 @@ class MMTCA(nn.Module):
   audio_mask_time: int = 0  # max width (steps) of each of 2 time masks
   audio_mask_freq: int = 0  # max width (features) of 1 feature mask
   audio_pool: str = 'mean'  # 'mean' (the paper) | 'meanstd': mean and std over valid steps
-  audio_input_stats: bool = False  # classifier also sees the input's mean and std over time
+  audio_input_stats: str = 'none'  # 'none' | 'concat' | 'ensemble' (see the docstring)
   impl: str = 'xla'  # 'matmul': the CPU-fast im2col convolutions and max-pool of the face CNN
   remat: bool = False  # recompute the frame encoder's activations in the backward pass
   dtype: str = 'float32'  # compute dtype of the encoders; params and fusion stay float32
@@ -124,7 +129,10 @@ class MMTCA(nn.Module):
       raise ValueError(f"audio_input_norm must be 'none', 'utterance' or 'batchnorm', "
                        f'got {self.audio_input_norm!r}')
     stats = None
-    if self.audio_input_stats:  # before SpecAugment: masks would bias the statistics
+    if self.audio_input_stats not in ('none', 'concat', 'ensemble'):
+      raise ValueError(f"audio_input_stats must be 'none', 'concat' or 'ensemble', "
+                       f'got {self.audio_input_stats!r}')
+    if self.audio_input_stats != 'none':  # before SpecAugment: masks would bias the statistics
       stats = jnp.concatenate([layers.masked_mean(x, valid),
                                jnp.sqrt(layers.masked_var(x, valid) + 1e-5)], axis=-1)
     if train and (self.audio_mask_time or self.audio_mask_freq):
@@ -185,9 +193,13 @@ class MMTCA(nn.Module):
       a, a_valid, a_stats = self._audio(batch, train)
       a = a * m_a[:, None, None]
       pooled = self._pool_audio(a, a_valid)
-      if a_stats is not None:
+      if self.audio_input_stats == 'concat':
         pooled = jnp.concatenate([pooled, a_stats * m_a[:, None]], axis=-1)
       out['audio_logits'] = self._classify(pooled, train, 'audio_classifier')
+      if self.audio_input_stats == 'ensemble':
+        out['audio_stats_logits'] = self._classify(a_stats * m_a[:, None], train,
+                                                   'audio_stats_classifier')
+        out['audio_logits'] = out['audio_logits'] + out['audio_stats_logits']
     if self.head in ('face', 'fused'):
       m_v = bc.modality_mask(batch, 'video')
       v, v_valid = self._face(batch, train)
@@ -240,7 +252,8 @@ class MMTCA(nn.Module):
 
 
 def loss(outputs, batch, loss_config):
-  """CE on the decision plus `unimodal_weight` x CE of each unimodal head present.
+  """CE on the decision plus `unimodal_weight` x CE of each unimodal head present
+  (and `stats_weight` x CE of the audio statistics' classifier, if there is one).
 
   The unimodal terms keep each branch a classifier of its own, which late and
   hybrid fusion combine; a modality missing from an example adds nothing.
@@ -248,6 +261,11 @@ def loss(outputs, batch, loss_config):
   smoothing = losses.cfg_get(loss_config, 'label_smoothing', 0.0)
   ce, aux = losses.classification_loss(outputs, batch, loss_config)
   total = ce
+  if 'audio_stats_logits' in outputs:  # the statistics' classifier stays one on its own
+    term = losses.auxiliary_ce(outputs, batch, 'audio_stats_logits', 'audio', smoothing,
+                               losses.cfg_get(loss_config, 'soft_labels', False))
+    aux['ce_audio_stats'] = term
+    total = total + losses.cfg_get(loss_config, 'stats_weight', 1.0) * term
   w = losses.cfg_get(loss_config, 'unimodal_weight', 0.0)
   for key, modality in (('audio_logits', 'audio'), ('face_logits', 'video')):
     if w and key in outputs:
