@@ -39,7 +39,8 @@ and std over time of the normalised input features (the utterance statistics a
 linear model does well with on a few speakers): 'concat' hands them to the audio
 classifier beside the pooled sequence, 'ensemble' gives them a linear classifier
 of their own (`audio_stats_logits`, with its own loss term) whose logits add to
-the audio classifier's.
+the audio classifier's. The statistics are standardised over clips by a
+BatchNorm first.
 Parameter names of the two branches do not depend on `head`, so a face model
 trained with head='face' and an audio model trained with head='audio' restore
 into the fused model.
@@ -135,6 +136,11 @@ class MMTCA(nn.Module):
     if self.audio_input_stats != 'none':  # before SpecAugment: masks would bias the statistics
       stats = jnp.concatenate([layers.masked_mean(x, valid),
                                jnp.sqrt(layers.masked_var(x, valid) + 1e-5)], axis=-1)
+      # Standardised over clips (as a linear model's inputs are): raw, the means of
+      # frame-normalised features vary little between clips and a linear head barely moves.
+      present = bc.modality_mask(batch, 'audio')[:, None] > 0
+      stats = nn.BatchNorm(use_running_average=not train, momentum=0.9, name='audio_stats_bn')(
+          stats, mask=jnp.broadcast_to(present, stats.shape))
     if train and (self.audio_mask_time or self.audio_mask_freq):
       x = _spec_mask(x, self.make_rng('dropout'), self.audio_mask_time, self.audio_mask_freq)
     for i, c in enumerate(self.audio_conv_channels):
