@@ -127,6 +127,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.nesterov = False  # sgd
   c.optim.weight_decay = 0.0  # decoupled for adamw; an L2 gradient term for adam/sgd
   c.optim.grad_clip_norm = 0.0
+  c.optim.lr_multipliers = ''  # 'module=factor,...': per top-level module, e.g. a new head
   c.optim.schedule = 'constant'  # constant | cosine | step
   c.optim.warmup_epochs = 0.0
   c.optim.final_lr_fraction = 0.0  # cosine: learning rate at the end / peak

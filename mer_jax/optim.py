@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import optax
 
 
@@ -64,4 +65,39 @@ def make_optimizer(cfg, steps_per_epoch: int, total_steps: int):
                              nesterov=cfg.nesterov))
   else:
     raise ValueError(f'unknown optimizer {name!r} (adam, adamw, sgd)')
+  multipliers = parse_lr_multipliers(cfg.get('lr_multipliers', ''))
+  if multipliers:
+    parts.append(scale_by_module(multipliers))
   return optax.chain(*parts), schedule
+
+
+def parse_lr_multipliers(spec: str) -> dict:
+  """'audio_stats_classifier=10,face_cnn=0.1' -> {name: factor}."""
+  out = {}
+  for item in filter(None, (p.strip() for p in spec.split(','))):
+    name, sep, value = item.partition('=')
+    if not sep or not name.strip():
+      raise ValueError(f"lr_multipliers: expected 'module=factor', got {item!r} in {spec!r}")
+    out[name.strip()] = float(value)
+  return out
+
+
+def scale_by_module(multipliers: dict) -> optax.GradientTransformation:
+  """Multiplies the updates of each named top-level module (its learning rate and,
+  for adamw, its decay); a name that matches no module is an error at init."""
+
+  def top(path):
+    return getattr(path[0], 'key', str(path[0]))
+
+  def init_fn(params):
+    missing = set(multipliers) - {top(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)}
+    if missing:
+      raise ValueError(f'lr_multipliers name modules the model does not have: {sorted(missing)}')
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map_with_path(
+        lambda p, u: u * multipliers.get(top(p), 1.0), updates), state
+
+  return optax.GradientTransformation(init_fn, update_fn)

@@ -67,3 +67,21 @@ def test_every_optimiser_knob_is_a_config_field():
   for name in ('b1', 'b2', 'nesterov', 'momentum', 'final_lr_fraction', 'decay_start_epoch',
                'warmup_epochs', 'grad_clip_norm'):
     assert name in config_lib.base_config().optim
+
+
+def test_lr_multipliers_scale_one_module():
+  c = _cfg(optimizer='sgd', momentum=0.0, learning_rate=0.1,
+           lr_multipliers='head=10, other=0.5')
+  tx, _ = optim.make_optimizer(c, 10, 100)
+  params = {'head': {'kernel': jnp.ones(2)}, 'body': {'kernel': jnp.ones(2)},
+            'other': {'bias': jnp.ones(1)}}
+  grads = {'head': {'kernel': jnp.ones(2)}, 'body': {'kernel': jnp.ones(2)},
+           'other': {'bias': jnp.ones(1)}}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates['head']['kernel'], -1.0, rtol=1e-6)
+  np.testing.assert_allclose(updates['body']['kernel'], -0.1, rtol=1e-6)
+  np.testing.assert_allclose(updates['other']['bias'], -0.05, rtol=1e-6)
+  with pytest.raises(ValueError, match='does not have'):
+    tx.init({'body': {'kernel': jnp.ones(2)}})
+  with pytest.raises(ValueError, match='module=factor'):
+    optim.make_optimizer(_cfg(lr_multipliers='head'), 10, 100)
