@@ -32,7 +32,7 @@ def utterance_stats(audio: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def split_stats(data, role: str, audio_norm: str):
-  """(statistics [N, 2F], labels [N], groups [N]) of every example of a fold's split."""
+  """(statistics [N, 2F], labels [N]) of every example of a fold's split."""
   from data_pipelines import input_pipeline
   ds, _ = input_pipeline.eval_dataset(data.builder, data.split(role), 32, audio_norm=audio_norm)
   xs, ys = [], []
