@@ -40,6 +40,9 @@ flags.DEFINE_enum('variants', 'all', ['all', 'none'], 'Also check every variant.
 flags.DEFINE_string('shared_data', '', 'Folder with the real samples (default ../shared/data).')
 flags.DEFINE_string('work', '', 'Folder for fixtures and built datasets (default: a temp dir).')
 flags.DEFINE_integer('batch_size', 2, 'Examples per checked step.')
+flags.DEFINE_integer('fast_compile_below', 250_000,
+                     'Steps whose inputs have at most this many values per example compile '
+                     'with XLA backend optimisation off (faster to compile, slower to run).')
 flags.DEFINE_integer('jobs', 0, 'Checks run at once, each in its own process '
                      '(0: one per core; compilation is mostly single-threaded).')
 
@@ -131,7 +134,8 @@ def prepare(ref: str, sources: dict, data_dir: str) -> str:
     return f'{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ""}'
 
 
-def check(ref: str, sources: dict, data_dir: str, batch_size: int) -> dict:
+def check(ref: str, sources: dict, data_dir: str, batch_size: int,
+          fast_compile_below: int = 0) -> dict:
   """One preset: real batch, shapes, assembled run, one train and one eval step."""
   import numpy as np
   from data_pipelines import input_pipeline
@@ -163,8 +167,15 @@ def check(ref: str, sources: dict, data_dir: str, batch_size: int) -> dict:
                        f'provides {sorted(shapes)}')
     run = assembly.build_run(config, steps_per_epoch=1, total_steps=1, init_batch=batch)
     placed = sharding.place_batch(batch, run.mesh)
-    state, metrics = run.train_step(run.state, placed)
-    out = sharding.to_host(run.eval_step()(state, placed))
+    train_step, eval_step = run.train_step, run.eval_step()
+    # Each step runs once: on light inputs compiling it fast saves more than the
+    # slower code costs; on paper-size video the step's run dominates.
+    if sum(int(np.prod(s)) for s in shapes.values()) <= fast_compile_below:
+      opts = {'compiler_options': assembly.FAST_COMPILE}
+      train_step = train_step.lower(run.state, placed).compile(**opts)
+      eval_step = eval_step.lower(run.state, placed).compile(**opts)
+    state, metrics = train_step(run.state, placed)
+    out = sharding.to_host(eval_step(state, placed))
     loss = float(metrics['loss'])
     if not np.isfinite(loss) or not np.isfinite(float(out['loss_sum'])):
       raise FloatingPointError(f'non-finite loss {loss}')
@@ -240,11 +251,12 @@ def _sources_for(ref: str, sources: dict) -> None:
 _WORKER = {}
 
 
-def _init_worker(shared: str, work: str, batch_size: int) -> None:
+def _init_worker(shared: str, work: str, batch_size: int, fast_compile_below: int) -> None:
   from mer_jax import contract
   contract.quiet_libraries()
   _WORKER.update(sources=_sources(pathlib.Path(shared), pathlib.Path(work)),
-                 data_dir=str(pathlib.Path(work) / 'tfds'), batch_size=batch_size)
+                 data_dir=str(pathlib.Path(work) / 'tfds'), batch_size=batch_size,
+                 fast_compile_below=fast_compile_below)
 
 
 def _prepare_in_worker(ref: str) -> str:
@@ -252,7 +264,8 @@ def _prepare_in_worker(ref: str) -> str:
 
 
 def _check_in_worker(ref: str) -> dict:
-  return check(ref, _WORKER['sources'], _WORKER['data_dir'], _WORKER['batch_size'])
+  return check(ref, _WORKER['sources'], _WORKER['data_dir'], _WORKER['batch_size'],
+               _WORKER['fast_compile_below'])
 
 
 def _pool(jobs: int, shared: pathlib.Path, work: pathlib.Path):
@@ -262,7 +275,7 @@ def _pool(jobs: int, shared: pathlib.Path, work: pathlib.Path):
   # rows in order while both workers stay busy.
   return concurrent.futures.ProcessPoolExecutor(
       jobs, mp_context=multiprocessing.get_context('spawn'), initializer=_init_worker,
-      initargs=(str(shared), str(work), FLAGS.batch_size))
+      initargs=(str(shared), str(work), FLAGS.batch_size, FLAGS.fast_compile_below))
 
 
 def main(argv):

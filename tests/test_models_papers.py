@@ -489,3 +489,17 @@ def test_attsf_l2_fusion_gradients_stay_finite_with_a_hidden_modality():
 
   grads = jax.grad(loss)(variables['params'])
   assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize('paper', ['tucker_fusion', 'mmt_ca'])
+def test_fast_compiled_init_gives_the_optimised_inits_variables(paper):
+  # init_variables compiles with XLA's backend optimisation off; the variables must not move.
+  config = _config(paper)
+  model = models.build(config.model, config.dataset.num_classes)
+  batch = _random_batch(config, batch_size=1)
+  rng = jax.random.PRNGKey(3)
+  got = assembly.init_variables(config, model, batch, rng, pretrained=False)
+  small = {k: v for k, v in batch.items() if np.asarray(v).dtype.kind in 'biuf'}
+  ref = jax.jit(lambda r, b: model.init({'params': r, 'dropout': r}, b, train=False))(rng, small)
+  ref = {'params': ref['params'], 'batch_stats': ref.get('batch_stats', {})}
+  chex.assert_trees_all_close(got, ref, atol=1e-6, rtol=1e-6)
