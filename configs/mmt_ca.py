@@ -31,7 +31,8 @@ e.g. `configs/mmt_ca.py:ravdess_audio+tuned,fold=2,seed=1`,
 plus pitch, voicing, energy and spectral-shape tracks: `ravdess_audio+tuned+prosody`),
 spknorm (audio z-scored per speaker), stats / statsens (the audio classifier also
 sees its input's utterance statistics / they get a linear classifier of their own
-whose logits add to it).
+whose logits add to it), functionals (after stats / statsens on prosody input:
+the statistics gain each feature's slope and log F0 and RMS dB percentiles).
 The paper's recipe is three runs: the face model on FER+, the audio model on
 RAVDESS, then the fused model initialised from both
 (`--config.model_init.kind=workdir`, see mer_jax/pretrained.py).
@@ -66,6 +67,8 @@ def defaults(c):
   # The input's utterance statistics: 'concat' (to the audio classifier's input) |
   # 'ensemble' (a linear classifier of their own, added; loss.stats_weight x its CE).
   c.model.audio_input_stats = 'none'
+  c.model.audio_stats_slope = False  # + each feature's slope over time
+  c.model.audio_stats_percentiles = ()  # features given p10/p50/p90 and range
   c.loss.stats_weight = 1.0
   # Each unimodal head also learns from the labels, so late fusion has classifiers to combine.
   c.loss.unimodal_weight = 0.5
@@ -227,6 +230,24 @@ def _prosody(c):
   c.dataset.name = with_prosody[c.dataset.name]
 
 
+def _functionals(c):
+  # The baselines' functionals beyond mean and std: every feature's slope over time,
+  # and percentiles of log F0 and RMS dB. Logistic regression on the input's statistics:
+  # mean validation UAR 48.8 -> 52.7 (experiments/results/ravdess_audio_loao.md, seventh
+  # screen); percentiles of every feature lost (45.7).
+  from data_pipelines.features.audio import PROSODY_DIM, PROSODY_NAMES
+  if not c.dataset.name.endswith('_prosody'):
+    raise ValueError(f"'functionals' reads the prosody tracks: put '+prosody' before it "
+                     f"(dataset {c.dataset.name})")
+  if c.model.audio_input_stats == 'none':
+    raise ValueError("'functionals' extends the input statistics: put '+stats' or "
+                     "'+statsens' before it")
+  c.model.audio_stats_slope = True
+  # Prosody tracks are the last PROSODY_DIM input features.
+  c.model.audio_stats_percentiles = tuple(PROSODY_NAMES.index(k) - PROSODY_DIM
+                                          for k in ('log2_f0', 'rms_db'))
+
+
 VARIANTS = {
     'tuned': _tuned,
     'prosody': _prosody,
@@ -250,12 +271,14 @@ VARIANTS = {
     'statsens': config_lib.overrides(
         model=dict(audio_input_stats='ensemble'),
         optim=dict(lr_multipliers='audio_stats_bn=10,audio_stats_classifier=10')),
+    'functionals': _functionals,
 }
 
 # Variants meant for one preset (the preset check runs them there).
 VARIANT_BASES = {'from_validation': 'ferplus_face', 'heldout': 'ferplus_face',
                  'prosody': 'ravdess_audio', 'spknorm': 'ravdess_audio',
-                 'stats': 'ravdess_audio', 'statsens': 'ravdess_audio'}
+                 'stats': 'ravdess_audio', 'statsens': 'ravdess_audio',
+                 'functionals': 'ravdess_audio+prosody+statsens'}
 
 
 _FROM_BOTH = ("model_init.sources=({'kind': 'workdir', 'path': '{run:audio}', "

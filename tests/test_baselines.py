@@ -105,6 +105,17 @@ def test_input_stats_ignore_padding_and_select_on_validation():
   for i, n in enumerate((7, 4, 1)):
     np.testing.assert_allclose(got[i, :4], x[i, :n].mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got[i, 4:], x[i, :n].std(0), rtol=1e-5, atol=1e-6)
+  # The functionals are the model's (`audio_stats_slope`, `audio_stats_percentiles`).
+  import jax.numpy as jnp
+  from mer_jax.models import layers
+  full = isb.utterance_stats(padded, valid, slope=True, percentiles=(0, -1))
+  np.testing.assert_allclose(full[:, :8], got, rtol=1e-6)
+  p = layers.masked_percentiles(jnp.asarray(padded[..., [0, -1]]), jnp.asarray(valid),
+                                (10, 50, 90))
+  want = np.concatenate([layers.masked_slope(jnp.asarray(padded), jnp.asarray(valid)),
+                         np.asarray(p).reshape(3, -1), p[:, 2] - p[:, 0]], -1)
+  np.testing.assert_allclose(full[:, 8:], want, rtol=1e-4, atol=1e-5)
+  assert isb.utterance_stats(padded, valid, percentiles='all').shape == (3, 8 + 4 * 4)
   # Two separable classes: the chosen C scores validation perfectly.
   xs = np.concatenate([rng.normal(-2, 1, (40, 3)), rng.normal(2, 1, (40, 3))])
   ys = np.repeat([0, 1], 40)

@@ -203,6 +203,24 @@ def test_mmt_ca_audio_input_stats_reach_the_classifier():
                              rtol=1e-4, atol=1e-4)
   loss, aux = models.get('mmt_ca').loss_fn(out, batch, config.loss)
   assert np.isfinite(float(aux['ce_audio_stats'])) and float(loss) > float(aux['ce_audio_stats'])
+  # Functionals: + every feature's slope, + p10/p50/p90 and range of the listed features.
+  fn = ens.clone(audio_stats_slope=True, audio_stats_percentiles=(0, -1))
+  fv = _init(fn, batch)
+  sc = fv['params']['audio_stats_classifier']
+  chex.assert_shape(sc['kernel'], (3 * f + 4 * 2, 6))
+  n = valid[:, :, 0].sum(1).astype(int)
+  extra = []
+  for i in range(x.shape[0]):
+    xi = x[i, :n[i]]
+    t = np.arange(n[i]) - (n[i] - 1) / 2
+    slope = ((t / t.std())[:, None] * (xi - xi.mean(0))).mean(0)
+    p = np.percentile(xi[:, [0, f - 1]], [10, 50, 90], axis=0)
+    extra.append(np.concatenate([slope, p.reshape(-1), p[2] - p[0]]))
+  want = np.concatenate([stats, np.stack(extra)], -1) @ sc['kernel'] + sc['bias']
+  np.testing.assert_allclose(fn.apply(fv, batch, train=False)['audio_stats_logits'], want,
+                             rtol=1e-3, atol=1e-3)
+  with pytest.raises(ValueError, match='audio_stats_slope'):
+    _init(plain.clone(audio_stats_slope=True), batch)
 
 
 def test_ofcmaer_three_modalities_and_missing_one():

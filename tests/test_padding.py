@@ -98,6 +98,9 @@ def _check_padding_invariance(model, modalities, extra=3):
     ('mmt_ca', {'head': 'audio', 'audio_input_stats': 'concat',
                 'audio_input_norm': 'batchnorm'},
      ('audio',)),
+    ('mmt_ca', {'head': 'audio', 'audio_input_stats': 'ensemble', 'audio_stats_slope': True,
+                'audio_stats_percentiles': (0, -1)},
+     ('audio',)),
 ])
 def test_padding_changes_no_eval_output(paper, overrides, modalities):
   _check_padding_invariance(_model(paper, **overrides), modalities)
@@ -127,6 +130,27 @@ def test_padding_stays_out_of_audio_batchnorm_statistics(paper, encoder):
                        variables['batch_stats'][encoder])
   assert any(jax.tree.leaves(moved))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), *stats)
+
+
+def test_masked_slope_and_percentiles_match_numpy_on_the_valid_prefix():
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((3, 9, 4)).astype(np.float32)
+  n = np.array([9, 4, 0])
+  valid = (np.arange(9)[None] < n[:, None]).astype(np.float32)
+  slope = np.asarray(layers.masked_slope(jnp.asarray(x), jnp.asarray(valid)))
+  pct = np.asarray(layers.masked_percentiles(jnp.asarray(x), jnp.asarray(valid), (10, 50, 90)))
+  for i in range(2):
+    t = np.arange(n[i], dtype=np.float64)
+    tz = (t - t.mean()) / t.std()
+    np.testing.assert_allclose(slope[i], np.polyfit(tz, x[i, :n[i]], 1)[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(pct[i], np.percentile(x[i, :n[i]], [10, 50, 90], axis=0),
+                               rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(slope[2], 0.0)
+  np.testing.assert_array_equal(pct[2], 0.0)
+  grads = jax.grad(lambda x: (layers.masked_slope(x, valid).sum()
+                              + layers.masked_percentiles(x, valid, (10, 90)).sum()))(x)
+  assert np.all(np.isfinite(grads)) and np.all(np.asarray(grads)[2] == 0)
+  assert np.all(np.asarray(grads)[1, 4:] == 0)  # padding steps get no gradient
 
 
 @pytest.mark.parametrize('length', [5, 8, 20])

@@ -417,6 +417,34 @@ def masked_var(x: Array, valid: Array) -> Array:
   return masked_mean((x - mean[:, None]) ** 2, valid)
 
 
+def masked_slope(x: Array, valid: Array) -> Array:
+  """Least-squares slope over time of [B, T, D] on valid steps, per unit of the
+  standardised step index (so it does not depend on the clip's length); 0 if < 2 steps."""
+  w = valid.astype(x.dtype)
+  t = jnp.broadcast_to(jnp.arange(x.shape[1], dtype=x.dtype), w.shape)[..., None]
+  t_mean = masked_mean(t, w)
+  t_std = jnp.sqrt(masked_var(t, w))
+  tz = (t - t_mean[:, None]) / jnp.maximum(t_std, 1e-6)[:, None]
+  return masked_mean(tz * (x - masked_mean(x, w)[:, None]), w)
+
+
+def masked_percentiles(x: Array, valid: Array, qs: Sequence[float]) -> Array:
+  """Percentiles (0-100, linear interpolation as numpy's default) over the valid
+  time steps of [B, T, D] -> [B, len(qs), D]; 0 for a row with none."""
+  n = valid.sum(1).astype(jnp.int32)  # [B]
+  srt = jnp.sort(jnp.where(valid[..., None] > 0, x, jnp.finfo(x.dtype).max), axis=1)
+  out = []
+  for q in qs:
+    pos = q / 100.0 * jnp.maximum(n - 1, 0).astype(x.dtype)  # [B]
+    lo = jnp.floor(pos).astype(jnp.int32)
+    hi = jnp.minimum(lo + 1, jnp.maximum(n - 1, 0))
+    frac = (pos - lo)[:, None]
+    a = jnp.take_along_axis(srt, lo[:, None, None], axis=1)[:, 0]
+    b = jnp.take_along_axis(srt, hi[:, None, None], axis=1)[:, 0]
+    out.append(jnp.where(n[:, None] > 0, a + frac * (b - a), 0.0))
+  return jnp.stack(out, axis=1)
+
+
 def masked_max(x: Array, valid: Array) -> Array:
   """Max over the valid time steps of [B, T, D]; 0 for a row with none."""
   y = jnp.where(valid[..., None] > 0, x, jnp.finfo(x.dtype).min).max(1)

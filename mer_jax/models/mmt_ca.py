@@ -39,8 +39,10 @@ and std over time of the normalised input features (the utterance statistics a
 linear model does well with on a few speakers): 'concat' hands them to the audio
 classifier beside the pooled sequence, 'ensemble' gives them a linear classifier
 of their own (`audio_stats_logits`, with its own loss term) whose logits add to
-the audio classifier's. The statistics are standardised over clips by a
-BatchNorm first.
+the audio classifier's. `audio_stats_slope` adds each feature's slope over
+time, `audio_stats_percentiles` the 10th/50th/90th percentiles and their range
+of the features it lists (the baselines' F0 and energy functionals). The
+statistics are standardised over clips by a BatchNorm first.
 Parameter names of the two branches do not depend on `head`, so a face model
 trained with head='face' and an audio model trained with head='audio' restore
 into the fused model.
@@ -109,6 +111,8 @@ class MMTCA(nn.Module):
   audio_mask_freq: int = 0  # max width (features) of 1 feature mask
   audio_pool: str = 'mean'  # 'mean' (the paper) | 'meanstd': mean and std over valid steps
   audio_input_stats: str = 'none'  # 'none' | 'concat' | 'ensemble' (see the docstring)
+  audio_stats_slope: bool = False  # + each feature's slope over time
+  audio_stats_percentiles: Sequence[int] = ()  # features (may be < 0) given p10/p50/p90/range
   impl: str = 'xla'  # 'matmul': the CPU-fast im2col convolutions and max-pool of the face CNN
   remat: bool = False  # recompute the frame encoder's activations in the backward pass
   dtype: str = 'float32'  # compute dtype of the encoders; params and fusion stay float32
@@ -133,9 +137,19 @@ class MMTCA(nn.Module):
     if self.audio_input_stats not in ('none', 'concat', 'ensemble'):
       raise ValueError(f"audio_input_stats must be 'none', 'concat' or 'ensemble', "
                        f'got {self.audio_input_stats!r}')
+    if self.audio_input_stats == 'none' and (self.audio_stats_slope or
+                                             self.audio_stats_percentiles):
+      raise ValueError("audio_stats_slope / audio_stats_percentiles need audio_input_stats "
+                       "'concat' or 'ensemble'")
     if self.audio_input_stats != 'none':  # before SpecAugment: masks would bias the statistics
-      stats = jnp.concatenate([layers.masked_mean(x, valid),
-                               jnp.sqrt(layers.masked_var(x, valid) + 1e-5)], axis=-1)
+      parts = [layers.masked_mean(x, valid), jnp.sqrt(layers.masked_var(x, valid) + 1e-5)]
+      if self.audio_stats_slope:
+        parts.append(layers.masked_slope(x, valid))
+      if self.audio_stats_percentiles:
+        sel = x[..., jnp.asarray(self.audio_stats_percentiles)]
+        p = layers.masked_percentiles(sel, valid, (10.0, 50.0, 90.0))
+        parts += [p.reshape(p.shape[0], -1), p[:, 2] - p[:, 0]]
+      stats = jnp.concatenate(parts, axis=-1)
       # Standardised over clips (as a linear model's inputs are): raw, the means of
       # frame-normalised features vary little between clips and a linear head barely moves.
       present = bc.modality_mask(batch, 'audio')[:, None] > 0
