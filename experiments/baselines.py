@@ -68,6 +68,7 @@ def _stats(x: np.ndarray, prefix: str, names: list, values: list) -> None:
     values += [float(np.mean(row)), float(np.std(row))]
 
 
+@audio_features.numba_locked(lambda wave, sr: None)
 def utterance_features(wave: np.ndarray, sr: int) -> tuple[np.ndarray, list]:
   """A waveform -> (f32[D] utterance statistics, their D names)."""
   import librosa

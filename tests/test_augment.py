@@ -402,3 +402,26 @@ def test_train_augment_copies_only_in_train(shared_data, tmp_path, monkeypatch):
   assert len(got['test']) == len(got['validation']) == 3
   assert all(int(r['copy_index']) == 0 for s in ('validation', 'test') for r in got[s])
   assert len(got['train']) == 18 and fb.info.splits['train'].num_examples == 18
+
+
+def test_first_numba_use_holds_a_lock_across_processes(tmp_path, monkeypatch):
+  """The first call of a key holds an exclusive lock in the numba cache folder that
+  another process cannot take; later calls of the same key do not lock."""
+  import subprocess
+  import sys
+  monkeypatch.setenv('NUMBA_CACHE_DIR', str(tmp_path))
+  probe = ('import fcntl, sys; f = open(sys.argv[1], "a")\n'
+           'try:\n  fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); print("free")\n'
+           'except BlockingIOError:\n  print("held")')
+  lock = str(tmp_path / '.first_use.lock')
+
+  def other_process_sees():
+    return subprocess.run([sys.executable, '-c', probe, lock], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+  key = ('test', str(tmp_path))
+  with audio_features.numba_first_use(key):
+    assert other_process_sees() == 'held'
+  assert other_process_sees() == 'free'
+  with audio_features.numba_first_use(key):  # already used here: no lock taken
+    assert other_process_sees() == 'free'

@@ -7,8 +7,11 @@ the real datasets use.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import os
+import threading
 from typing import Optional
 
 import numpy as np
@@ -17,6 +20,43 @@ import numpy as np
 # site-packages by another numba build segfaults when loaded, so cache elsewhere.
 # Must be set before numba is first imported.
 os.environ.setdefault('NUMBA_CACHE_DIR', os.path.join(os.path.expanduser('~'), '.cache', 'numba'))
+
+_FIRST_USES: set = set()
+_FIRST_USE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def numba_first_use(key):
+  """Holds a lock shared by every process on this machine during this process's first
+  call of `key`, when librosa's numba kernels are compiled into the cache or loaded
+  from it. numba writes the two cache files of a gufunc without atomicity between
+  them, so two processes compiling at once (a fresh cache and a pool of builder
+  workers) can leave a pair that segfaults when loaded (numba issue 10128)."""
+  if key in _FIRST_USES:
+    yield
+    return
+  import fcntl
+  with _FIRST_USE_LOCK:
+    cache = os.environ['NUMBA_CACHE_DIR']
+    os.makedirs(cache, exist_ok=True)
+    with open(os.path.join(cache, '.first_use.lock'), 'a') as f:
+      fcntl.flock(f, fcntl.LOCK_EX)
+      try:
+        yield
+        _FIRST_USES.add(key)
+      finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def numba_locked(key_fn):
+  """Decorator: run the function under `numba_first_use(key_fn(*args, **kwargs))`."""
+  def wrap(fn):
+    @functools.wraps(fn)
+    def inner(*args, **kwargs):
+      with numba_first_use((fn.__qualname__, key_fn(*args, **kwargs))):
+        return fn(*args, **kwargs)
+    return inner
+  return wrap
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +203,7 @@ def prosody_features(wave: np.ndarray, cfg: AudioFeatureConfig) -> np.ndarray:
   return np.stack([np.asarray(r[:n], np.float32) for r in rows])
 
 
+@numba_locked(lambda wave, sr, cfg, **kw: cfg)
 def extract_audio_features(wave: np.ndarray, sr: int, cfg: AudioFeatureConfig, *,
                            return_length: bool = False):
   """Raw waveform (any rate, mono or multi-channel) -> f32[T, F].
@@ -280,6 +321,7 @@ def add_noise(wave: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.n
   return wave + noise
 
 
+@numba_locked(lambda wave, sr, cfg, seed: None)
 def augment_wave(wave: np.ndarray, sr: int, cfg: WaveAugmentConfig,
                  seed) -> np.ndarray:
   """Time stretch, pitch shift, then noise, with parameters drawn from `seed`.
