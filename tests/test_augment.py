@@ -422,6 +422,8 @@ def test_first_numba_use_holds_a_lock_across_processes(tmp_path, monkeypatch):
   key = ('test', str(tmp_path))
   with audio_features.numba_first_use(key):
     assert other_process_sees() == 'held'
+    with audio_features.numba_first_use(('nested', str(tmp_path))):  # no self-deadlock
+      assert other_process_sees() == 'held'
   assert other_process_sees() == 'free'
   with audio_features.numba_first_use(key):  # already used here: no lock taken
     assert other_process_sees() == 'free'

@@ -22,7 +22,8 @@ import numpy as np
 os.environ.setdefault('NUMBA_CACHE_DIR', os.path.join(os.path.expanduser('~'), '.cache', 'numba'))
 
 _FIRST_USES: set = set()
-_FIRST_USE_LOCK = threading.Lock()
+_FIRST_USE_LOCK = threading.RLock()
+_HOLDING = threading.local()
 
 
 @contextlib.contextmanager
@@ -32,7 +33,7 @@ def numba_first_use(key):
   from it. numba writes the two cache files of a gufunc without atomicity between
   them, so two processes compiling at once (a fresh cache and a pool of builder
   workers) can leave a pair that segfaults when loaded (numba issue 10128)."""
-  if key in _FIRST_USES:
+  if key in _FIRST_USES or getattr(_HOLDING, 'depth', 0):  # nested: the lock is held
     yield
     return
   import fcntl
@@ -41,10 +42,12 @@ def numba_first_use(key):
     os.makedirs(cache, exist_ok=True)
     with open(os.path.join(cache, '.first_use.lock'), 'a') as f:
       fcntl.flock(f, fcntl.LOCK_EX)
+      _HOLDING.depth = 1
       try:
         yield
         _FIRST_USES.add(key)
       finally:
+        _HOLDING.depth = 0
         fcntl.flock(f, fcntl.LOCK_UN)
 
 
