@@ -4,6 +4,7 @@
   python -m experiments.profile_papers --tiny          # 'tiny' presets, seconds
   python -m experiments.profile_papers --papers=002,003 --batch_size=8 --out=prof.json
   python -m experiments.profile_papers --flops_only     # FLOPs per step only, no compile
+  python -m experiments.profile_papers --papers=001 --out=new.json --compare=old.json
 
 Synthetic random batches of each config's input shapes (its builder's); no dataset
 needed. Columns as in `mer_jax.profiling`. A paper whose config is missing or
@@ -28,6 +29,7 @@ flags.DEFINE_integer('repeats', 5, 'Timed steps after one warm-up step.')
 flags.DEFINE_string('out', '', 'Also write the rows as JSON here.')
 flags.DEFINE_bool('flops_only', False, 'Only lower on abstract shapes: FLOPs and bytes per '
                   'step, no compile, no timing (seconds even at paper shapes on a CPU).')
+flags.DEFINE_string('compare', '', 'A JSON file from an earlier --out: print it beside this run.')
 flags.DEFINE_string('trace_dir', '', 'Write a jax.profiler trace and optimised HLO per paper here.')
 
 
@@ -70,6 +72,11 @@ def main(argv):
   if FLAGS.out:
     with open(FLAGS.out, 'w') as f:
       json.dump(rows, f, indent=2)
+  if FLAGS.compare:
+    with open(FLAGS.compare) as f:
+      before = json.load(f)
+    print()
+    print(profiling.format_comparison(before, rows, (os.path.basename(FLAGS.compare), 'this run')))
 
 
 if __name__ == '__main__':

@@ -105,21 +105,23 @@ def example_batch(config, batch_size: int, random: bool = False, seed: int = 0) 
 
 # --- Steps ------------------------------------------------------------------------
 
+def _train_loss(state: TrainState, params, batch: dict, loss_fn: Callable, loss_config):
+  """The train step's forward: train-mode outputs and loss, with this step's rngs."""
+  step_rng = jax.random.fold_in(state.rng, state.step)
+  dropout_rng, noise_rng = jax.random.split(step_rng)
+  outputs, updates = state.apply_fn(
+      {'params': params, 'batch_stats': state.batch_stats}, batch, train=True,
+      rngs={'dropout': dropout_rng, 'noise': noise_rng}, mutable=['batch_stats'])
+  loss, aux = loss_fn(outputs, batch, loss_config)
+  return loss, (aux, updates, outputs['logits'])
+
+
 def make_train_step(loss_fn: Callable, loss_config, masked: tuple, schedule):
   def train_step(state: TrainState, batch: dict):
     batch = bc.mask_modalities(batch, masked)
-    step_rng = jax.random.fold_in(state.rng, state.step)
-    dropout_rng, noise_rng = jax.random.split(step_rng)
-
-    def compute_loss(params):
-      outputs, updates = state.apply_fn(
-          {'params': params, 'batch_stats': state.batch_stats}, batch, train=True,
-          rngs={'dropout': dropout_rng, 'noise': noise_rng}, mutable=['batch_stats'])
-      loss, aux = loss_fn(outputs, batch, loss_config)
-      return loss, (aux, updates, outputs['logits'])
-
-    (loss, (aux, updates, logits)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
-        state.params)
+    (loss, (aux, updates, logits)), grads = jax.value_and_grad(
+        lambda p: _train_loss(state, p, batch, loss_fn, loss_config), has_aux=True)(
+            state.params)
     new_state = state.apply_gradients(grads=grads,
                                       batch_stats=updates.get('batch_stats', state.batch_stats))
     acc = jnp.mean((jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32))
@@ -128,6 +130,15 @@ def make_train_step(loss_fn: Callable, loss_config, masked: tuple, schedule):
     out.update(aux)
     return new_state, out
   return train_step
+
+
+def make_train_forward(loss_fn: Callable, loss_config, masked: tuple):
+  """The train step's forward pass alone (loss, no gradients): the denominator of
+  the profile's backward/forward ratio."""
+  def train_forward(state: TrainState, batch: dict):
+    batch = bc.mask_modalities(batch, masked)
+    return _train_loss(state, state.params, batch, loss_fn, loss_config)[0]
+  return train_forward
 
 
 def make_eval_step(loss_fn: Callable, loss_config, masked: tuple, num_classes: int,
@@ -179,6 +190,12 @@ class Run:
           make_eval_step(self.loss_fn, self.config.loss, self.masked, self.num_classes,
                          settings), in_shardings=(repl, data), out_shardings=repl)
     return self._eval_steps[key]
+
+  def train_forward(self) -> Callable:
+    """The jitted train-mode forward pass and loss (no gradients, no update)."""
+    repl, data = sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)
+    return jax.jit(make_train_forward(self.loss_fn, self.config.loss, self.masked),
+                   in_shardings=(repl, data), out_shardings=repl)
 
   def param_count(self) -> int:
     return int(sum(x.size for x in jax.tree.leaves(self.state.params)))

@@ -8,7 +8,10 @@ the dataset builder's, or `config.input.example_shapes`). For each step:
 compile time, XLA's cost analysis (FLOPs and bytes accessed per step), its
 memory analysis (argument, output and temporary bytes), steady-state step time
 (median, min, max over repeats), samples/s and achieved FLOP/s (cost-analysis
-FLOPs / median step time; XLA counts a multiply-add as two FLOPs).
+FLOPs / median step time; XLA counts a multiply-add as two FLOPs). The train row
+also times the step's forward pass alone (train mode, loss only) and gives
+'step / fwd': the whole train step (forward, backward and update) over that
+forward, about 3 where the backward costs the usual two forwards.
 
 The run is assembled once (`assembly.build_run`); the train-step timing and
 memory come from `mer_jax.benchmark` on that run, its FLOPs from lowering the
@@ -99,6 +102,10 @@ def profile_config(config, batch_size: int | None = None, repeats: int = 5, warm
       'samples_per_s': batch_size / med, 'input_shapes': train_row['input_shapes'],
       'devices': train_row['devices'], **_memory(eval_compiled),
       **_cost(eval_compiled.cost_analysis())}
+  fwd_compiled = run.train_forward().lower(state, batch).compile()
+  fwd_times = _time(lambda: fwd_compiled(state, batch), repeats, warmup)
+  train_row['fwd_s_median'] = statistics.median(fwd_times)
+  train_row['step_over_fwd'] = train_row['step_s_median'] / train_row['fwd_s_median']
   rows = [train_row, eval_row]
   for r in rows:
     r['flops_per_s'] = r['flops'] / r['step_s_median'] if r['step_s_median'] > 0 else 0.0
@@ -157,7 +164,7 @@ def _si(x: float, unit: str) -> str:
 
 COLUMNS = ('paper', 'model', 'step', 'batch', 'params', 'compile s', 'FLOPs/step',
            'bytes accessed', 'args MiB', 'out MiB', 'temp MiB', 'step ms median (min-max)',
-           'samples/s', 'achieved FLOP/s')
+           'samples/s', 'achieved FLOP/s', 'step / fwd')
 
 
 def format_table(rows: list[dict]) -> str:
@@ -178,10 +185,39 @@ def format_table(rows: list[dict]) -> str:
                 mib(r, 'temp_size_in_bytes'),
                 f"{1e3 * r['step_s_median']:.1f} ({1e3 * r['step_s_min']:.1f}-"
                 f"{1e3 * r['step_s_max']:.1f})", f"{r['samples_per_s']:.1f}",
-                _si(r['flops_per_s'], 'FLOP/s')]
+                _si(r['flops_per_s'], 'FLOP/s'),
+                f"{r['step_over_fwd']:.1f}" if 'step_over_fwd' in r else '-']
     else:
-      cells += ['-'] * 6
+      cells += ['-'] * 7
     lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def format_comparison(before: list[dict], after: list[dict],
+                      labels: tuple[str, str] = ('before', 'after')) -> str:
+  """Markdown table of two profile runs side by side, matched on (paper, model, step)."""
+  key = lambda r: (r.get('paper', ''), r.get('model', ''), r.get('step', ''))
+  old = {key(r): r for r in before if 'step_s_median' in r}
+  a, b = labels
+  lines = [f'| paper | model | step | batch | {a} ms | {b} ms | {b} / {a} | {a} step/fwd | '
+           f'{b} step/fwd | {a} temp MiB | {b} temp MiB |', '|' + '---|' * 11]
+
+  def cells(r):
+    if r is None:
+      return ['-'] * 3
+    fwd = f"{r['step_over_fwd']:.1f}" if 'step_over_fwd' in r else '-'
+    return [f"{1e3 * r['step_s_median']:.1f}", fwd,
+            f"{r.get('temp_size_in_bytes', 0) / 2**20:.1f}"]
+
+  for r in after:
+    if 'step_s_median' not in r:
+      continue
+    o = old.get(key(r))
+    (ms_a, fwd_a, tmp_a), (ms_b, fwd_b, tmp_b) = cells(o), cells(r)
+    ratio = f"{r['step_s_median'] / o['step_s_median']:.2f}" if o else '-'
+    lines.append('| ' + ' | '.join([r.get('paper', ''), r['model'], r['step'],
+                                     str(r['batch_size']), ms_a, ms_b, ratio, fwd_a, fwd_b,
+                                     tmp_a, tmp_b]) + ' |')
   return '\n'.join(lines)
 
 

@@ -17,3 +17,26 @@ def test_profile_tiny_config():
   assert rows[0]['flops'] > rows[1]['flops']  # the backward pass costs more than the forward
   table = profiling.format_table(rows)
   assert '| avt_ca | train | 4 |' in table and 'FLOP/s' in table
+  # The train row times the step's forward alone; the ratio is step over that forward.
+  assert rows[0]['fwd_s_median'] > 0
+  assert abs(rows[0]['step_over_fwd'] - rows[0]['step_s_median'] / rows[0]['fwd_s_median']) < 1e-9
+  assert 'step_over_fwd' not in rows[1]
+
+  # Two saved runs side by side: matched per step, the ratio of their medians.
+  slower = [dict(r, step_s_median=2 * r['step_s_median']) for r in rows]
+  cmp = profiling.format_comparison(rows, slower, ('a', 'b'))
+  assert cmp.count('| avt_ca |') == 2 and '| 2.00 |' in cmp
+
+
+def test_train_forward_is_the_train_steps_loss():
+  """The profile's forward is the train step's own: same loss for the same state and batch."""
+  import jax
+  import numpy as np
+  from configs import avt_ca
+  from mer_jax import assembly, sharding
+  cfg = avt_ca.get_config('tiny')
+  run = assembly.build_run(cfg)
+  batch = sharding.place_batch(assembly.example_batch(cfg, 4, random=True), run.mesh)
+  fwd_loss = float(run.train_forward()(run.state, batch))
+  _, out = run.train_step(run.state, batch)
+  np.testing.assert_allclose(fwd_loss, float(jax.device_get(out['loss'])), rtol=1e-6)
