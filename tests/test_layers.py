@@ -30,7 +30,9 @@ def test_pointwise_einsum_equals_xla():
 @pytest.mark.parametrize('window,stride,h,w', [
     (3, 2, 8, 8), (3, 2, 9, 9), (3, 2, 112, 112), (3, 2, 9, 12), (2, 2, 8, 8), (2, 2, 7, 9),
     (3, 1, 6, 7), (5, 2, 11, 10), (3, 3, 10, 8)])
-def test_max_pool_shifted_equals_reduce_window(window, stride, h, w):
+@pytest.mark.parametrize('backward', ['residues', 'pads'])
+def test_max_pool_shifted_equals_reduce_window(window, stride, h, w, backward, monkeypatch):
+  monkeypatch.setattr(layers, 'MAX_POOL_BACKWARD', [backward])
   x = jax.random.normal(jax.random.PRNGKey(0), (2, h, w, 3))
   a = layers.max_pool_2d(x, window, stride, impl='xla')
   b = layers.max_pool_2d(x, window, stride, impl='matmul')
@@ -55,8 +57,10 @@ def test_attention_mask_hides_positions():
                              mha.apply(params, q, kv2, False, kv_mask=mask), atol=1e-5)
 
 
-def test_max_pool_gradient_ties_go_to_first_maximum():
+@pytest.mark.parametrize('backward', ['residues', 'pads'])
+def test_max_pool_gradient_ties_go_to_first_maximum(backward, monkeypatch):
   # ReLU outputs are full of equal zeros; both paths must route gradient identically.
+  monkeypatch.setattr(layers, 'MAX_POOL_BACKWARD', [backward])
   x = jnp.round(jax.random.normal(jax.random.PRNGKey(3), (2, 9, 10, 3)))
   ga = jax.grad(lambda x: jnp.sum(layers.max_pool_2d(x, 3, 2, impl='xla') * jnp.arange(3.)))(x)
   gb = jax.grad(lambda x: jnp.sum(layers.max_pool_2d(x, 3, 2, impl='matmul') * jnp.arange(3.)))(x)

@@ -177,14 +177,52 @@ def _max_pool_fwd(xp, window, stride, out_hw, padded_hw):
   return y, idx
 
 
+# How the custom max-pool forms its input gradient: 'residues' (one plane per stride
+# residue, interleaved once) or 'pads' (nine strided pads). Same numbers; 'residues'
+# was 5 % faster on AVT-CA's step at paper shapes on an AVX-512 CPU
+# (experiments/results/backward_profile.md, section 8). Read when a step is traced.
+MAX_POOL_BACKWARD = ['residues']
+
+
 def _max_pool_bwd(window, stride, out_hw, padded_hw, idx, g):
-  dxp = None
-  for n in range(window * window):
-    off = (n // window, n % window)
-    d = _unslice(jnp.where(idx == n, g, jnp.zeros((), g.dtype)), off, (stride, stride),
-                 padded_hw)
-    dxp = d if dxp is None else dxp + d
-  return (dxp,)
+  if MAX_POOL_BACKWARD[0] == 'pads':
+    dxp = None
+    for n in range(window * window):
+      off = (n // window, n % window)
+      d = _unslice(jnp.where(idx == n, g, jnp.zeros((), g.dtype)), off, (stride, stride),
+                   padded_hw)
+      dxp = d if dxp is None else dxp + d
+    return (dxp,)
+  return (_max_pool_bwd_residues(window, stride, padded_hw, idx, g),)
+
+
+def _max_pool_bwd_residues(window, stride, padded_hw, idx, g):
+  """The pool's input gradient by stride residue: input row q*stride + r gets the
+  gradients of window offsets i = r + t*stride from output row q - t. Each residue
+  plane is a sum of shifted output-sized maps (no strided scatter); the planes are
+  interleaved once."""
+  n, oh, ow, c = g.shape
+  qh, qw = -(-padded_hw[0] // stride), -(-padded_hw[1] // stride)
+  zero = jnp.zeros((), g.dtype)
+
+  def shifted(a, th, tw):  # a[q - th, q' - tw] on the (qh, qw) plane grid, zero outside
+    a = jnp.pad(a, ((0, 0), (th, max(qh - oh - th, 0)), (tw, max(qw - ow - tw, 0)), (0, 0)))
+    return a[:, :qh, :qw]
+
+  rows = []
+  for r1 in range(stride):
+    cols = []
+    for r2 in range(stride):
+      plane = None
+      for i1 in range(r1, window, stride):
+        for i2 in range(r2, window, stride):
+          t = shifted(jnp.where(idx == i1 * window + i2, g, zero), (i1 - r1) // stride,
+                      (i2 - r2) // stride)
+          plane = t if plane is None else plane + t
+      cols.append(plane if plane is not None else jnp.zeros((n, qh, qw, c), g.dtype))
+    rows.append(jnp.stack(cols, axis=3))  # [n, qh, qw, stride, c]
+  full = jnp.stack(rows, axis=2).reshape(n, qh * stride, qw * stride, c)
+  return full[:, :padded_hw[0], :padded_hw[1]]
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
