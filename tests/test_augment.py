@@ -4,6 +4,7 @@ mixup in tf.data, per-utterance normalisation, and the loss's label switches."""
 from __future__ import annotations
 
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -404,21 +405,22 @@ def test_train_augment_copies_only_in_train(shared_data, tmp_path, monkeypatch):
   assert len(got['train']) == 18 and fb.info.splits['train'].num_examples == 18
 
 
-def test_first_numba_use_holds_a_lock_across_processes(tmp_path, monkeypatch):
-  """The first call of a key holds an exclusive lock in the numba cache folder that
-  another process cannot take; later calls of the same key do not lock."""
+def _lock_probe(lock):
   import subprocess
   import sys
-  monkeypatch.setenv('NUMBA_CACHE_DIR', str(tmp_path))
   probe = ('import fcntl, sys; f = open(sys.argv[1], "a")\n'
            'try:\n  fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); print("free")\n'
            'except BlockingIOError:\n  print("held")')
-  lock = str(tmp_path / '.first_use.lock')
+  return lambda: subprocess.run([sys.executable, '-c', probe, lock], capture_output=True,
+                                text=True, check=True).stdout.strip()
 
-  def other_process_sees():
-    return subprocess.run([sys.executable, '-c', probe, lock], capture_output=True,
-                          text=True, check=True).stdout.strip()
 
+def test_first_numba_use_holds_a_lock_with_a_shared_cache(tmp_path, monkeypatch):
+  """With a user-set shared NUMBA_CACHE_DIR, the first call of a key holds an exclusive
+  lock in that folder that another process cannot take; later calls do not lock."""
+  monkeypatch.setenv('NUMBA_CACHE_DIR', str(tmp_path))
+  monkeypatch.setattr(audio_features, '_PRIVATE_NUMBA_CACHE', None)
+  other_process_sees = _lock_probe(str(tmp_path / '.first_use.lock'))
   key = ('test', str(tmp_path))
   with audio_features.numba_first_use(key):
     assert other_process_sees() == 'held'
@@ -427,3 +429,41 @@ def test_first_numba_use_holds_a_lock_across_processes(tmp_path, monkeypatch):
   assert other_process_sees() == 'free'
   with audio_features.numba_first_use(key):  # already used here: no lock taken
     assert other_process_sees() == 'free'
+  assert not (tmp_path / 'seed').exists()
+
+
+def test_private_numba_cache_per_process_and_a_shared_seed(tmp_path, monkeypatch):
+  """Each process compiles into its own cache folder (a child gets a new one, removed
+  when it exits); after a first use, this process's cache becomes the shared seed,
+  once, and a new process starts from a copy of it."""
+  import subprocess
+  import sys
+  private = tmp_path / 'private'
+  (private / 'librosa_x').mkdir(parents=True)
+  (private / 'librosa_x' / 'k.nbi').write_text('index')
+  monkeypatch.setattr(audio_features, '_PRIVATE_NUMBA_CACHE', str(private))
+  monkeypatch.setattr(audio_features, '_SHARED_NUMBA_CACHE', str(tmp_path / 'shared'))
+  (tmp_path / 'shared').mkdir()
+  other_process_sees = _lock_probe(str(tmp_path / 'shared' / '.first_use.lock'))
+  with audio_features.numba_first_use(('private', str(tmp_path))):
+    assert other_process_sees() == 'free'  # compiling privately needs no lock
+  seed = tmp_path / 'shared' / 'seed'
+  assert (seed / 'librosa_x' / 'k.nbi').read_text() == 'index'
+  (private / 'librosa_x' / 'k.nbi').write_text('changed')
+  with audio_features.numba_first_use(('private2', str(tmp_path))):
+    pass
+  assert (seed / 'librosa_x' / 'k.nbi').read_text() == 'index'  # published once
+
+  code = ('import os, sys; sys.path.insert(0, os.getcwd()); import data_pipelines.features.audio as a; '
+          'd = os.environ["NUMBA_CACHE_DIR"]; print(d); print(sorted(os.listdir(d)))')
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('NUMBA_CACHE_DIR', audio_features._PRIVATE_OWNER)}
+  env['HOME'] = str(tmp_path / 'home')
+  (tmp_path / 'home' / '.cache' / 'numba').mkdir(parents=True)
+  import shutil
+  shutil.copytree(seed, tmp_path / 'home' / '.cache' / 'numba' / 'seed')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                       env=env, cwd=str(pathlib.Path(__file__).resolve().parents[1])).stdout.split('\n')
+  assert out[0] != os.environ.get('NUMBA_CACHE_DIR') and out[0] != str(private)
+  assert out[1] == "['librosa_x']"  # started from the seed
+  assert not os.path.exists(out[0])  # removed at exit

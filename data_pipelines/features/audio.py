@@ -16,39 +16,101 @@ from typing import Optional
 
 import numpy as np
 
-# librosa's pYIN kernels are numba-compiled with cache=True; a cache written into
-# site-packages by another numba build segfaults when loaded, so cache elsewhere.
-# Must be set before numba is first imported.
-os.environ.setdefault('NUMBA_CACHE_DIR', os.path.join(os.path.expanduser('~'), '.cache', 'numba'))
+# librosa's kernels (pYIN's among them) are numba-compiled with cache=True. numba writes
+# a gufunc's cache index and code files without atomicity between them, so processes
+# compiling into one folder at once can leave a pair that segfaults whenever it is loaded
+# (numba issue 10128; new signatures compile on any call, not only the first). So each
+# process compiles into a private folder, started from a shared seed that one process
+# publishes whole (`numba_first_use`). A NUMBA_CACHE_DIR set by the user is used as is
+# (shared, first uses under a lock). Must run before numba is first imported.
+_SHARED_NUMBA_CACHE = os.path.join(os.path.expanduser('~'), '.cache', 'numba')
+_PRIVATE_OWNER = 'MER_JAX_NUMBA_CACHE_OWNER'  # pid of the process the private folder is for
+
+
+def _private_numba_cache() -> Optional[str]:
+  """Sets NUMBA_CACHE_DIR to a private folder for this process (a copy of the shared
+  seed, removed at exit); returns it, or None where the user set NUMBA_CACHE_DIR."""
+  owner = os.environ.get(_PRIVATE_OWNER)
+  if 'NUMBA_CACHE_DIR' in os.environ and owner is None:
+    return None
+  if owner == str(os.getpid()):
+    return os.environ['NUMBA_CACHE_DIR']
+  import atexit
+  import shutil
+  import tempfile
+  private = tempfile.mkdtemp(prefix='numba-cache-')
+  seed = os.path.join(_SHARED_NUMBA_CACHE, 'seed')
+  if os.path.isdir(seed):
+    try:
+      shutil.copytree(seed, private, dirs_exist_ok=True)
+    except OSError:  # a partial copy is only a colder cache
+      pass
+  atexit.register(shutil.rmtree, private, True)
+  os.environ['NUMBA_CACHE_DIR'] = private
+  os.environ[_PRIVATE_OWNER] = str(os.getpid())
+  return private
+
+
+_PRIVATE_NUMBA_CACHE = _private_numba_cache()
 
 _FIRST_USES: set = set()
 _FIRST_USE_LOCK = threading.RLock()
 _HOLDING = threading.local()
 
 
+def _publish_seed():
+  """Copies this process's private cache to the shared seed if there is none yet
+  (called under the inter-process lock; the rename makes it appear whole)."""
+  import shutil
+  seed = os.path.join(_SHARED_NUMBA_CACHE, 'seed')
+  if _PRIVATE_NUMBA_CACHE is None or os.path.isdir(seed):
+    return
+  tmp = f'{seed}.{os.getpid()}.tmp'
+  try:
+    from numba.core.compiler_lock import global_compiler_lock
+    with global_compiler_lock:  # no thread of this process writes the cache meanwhile
+      shutil.copytree(_PRIVATE_NUMBA_CACHE, tmp)
+    os.rename(tmp, seed)
+  except OSError:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _machine_lock(folder: str):
+  """An exclusive lock shared by every process on this machine."""
+  import fcntl
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, '.first_use.lock'), 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @contextlib.contextmanager
 def numba_first_use(key):
-  """Holds a lock shared by every process on this machine during this process's first
-  call of `key`, when librosa's numba kernels are compiled into the cache or loaded
-  from it. numba writes the two cache files of a gufunc without atomicity between
-  them, so two processes compiling at once (a fresh cache and a pool of builder
-  workers) can leave a pair that segfaults when loaded (numba issue 10128)."""
-  if key in _FIRST_USES or getattr(_HOLDING, 'depth', 0):  # nested: the lock is held
+  """Marks this process's first call of `key`, when librosa's numba kernels are
+  compiled or loaded. With a private cache, the call runs freely and this process's
+  cache then becomes the shared seed if there is none. With a user-set shared
+  NUMBA_CACHE_DIR, the call holds a lock shared by every process on the machine,
+  so that no two compile into that folder at once."""
+  if key in _FIRST_USES or getattr(_HOLDING, 'depth', 0):  # nested: already covered
     yield
     return
-  import fcntl
   with _FIRST_USE_LOCK:
-    cache = os.environ['NUMBA_CACHE_DIR']
-    os.makedirs(cache, exist_ok=True)
-    with open(os.path.join(cache, '.first_use.lock'), 'a') as f:
-      fcntl.flock(f, fcntl.LOCK_EX)
+    shared = _PRIVATE_NUMBA_CACHE is None
+    with (_machine_lock(os.environ['NUMBA_CACHE_DIR']) if shared
+          else contextlib.nullcontext()):
       _HOLDING.depth = 1
       try:
         yield
         _FIRST_USES.add(key)
       finally:
         _HOLDING.depth = 0
-        fcntl.flock(f, fcntl.LOCK_UN)
+    if not shared:
+      with _machine_lock(_SHARED_NUMBA_CACHE):
+        _publish_seed()
 
 
 def numba_locked(key_fn):
