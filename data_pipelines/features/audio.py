@@ -109,8 +109,11 @@ def numba_first_use(key):
       finally:
         _HOLDING.depth = 0
     if not shared:
-      with _machine_lock(_SHARED_NUMBA_CACHE):
-        _publish_seed()
+      try:
+        with _machine_lock(_SHARED_NUMBA_CACHE):
+          _publish_seed()
+      except OSError:  # no writable shared folder: every process stays cold, still correct
+        pass
 
 
 def numba_locked(key_fn):
