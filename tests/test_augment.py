@@ -467,3 +467,12 @@ def test_private_numba_cache_per_process_and_a_shared_seed(tmp_path, monkeypatch
   assert out[0] != os.environ.get('NUMBA_CACHE_DIR') and out[0] != str(private)
   assert out[1] == "['librosa_x']"  # started from the seed
   assert not os.path.exists(out[0])  # removed at exit
+  # A folder left by a process that is gone (no atexit) is removed by the next one.
+  proc = tmp_path / 'home' / '.cache' / 'numba' / 'proc'
+  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  (proc / f'{dead}-left').mkdir()
+  (proc / 'not-a-pid').mkdir()
+  subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                 env=env, cwd=str(pathlib.Path(__file__).resolve().parents[1]))
+  assert sorted(p.name for p in proc.iterdir()) == ['not-a-pid']

@@ -27,9 +27,23 @@ _SHARED_NUMBA_CACHE = os.path.join(os.path.expanduser('~'), '.cache', 'numba')
 _PRIVATE_OWNER = 'MER_JAX_NUMBA_CACHE_OWNER'  # pid of the process the private folder is for
 
 
+def _remove_stale_private_caches(parent: str):
+  """Private folders of processes that are gone (killed pool workers skip atexit)."""
+  import shutil
+  for name in os.listdir(parent):
+    try:
+      pid = int(name.split('-', 1)[0])
+      os.kill(pid, 0)
+    except ProcessLookupError:
+      shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    except (ValueError, OSError):  # not ours, or alive under another user
+      pass
+
+
 def _private_numba_cache() -> Optional[str]:
   """Sets NUMBA_CACHE_DIR to a private folder for this process (a copy of the shared
-  seed, removed at exit); returns it, or None where the user set NUMBA_CACHE_DIR."""
+  seed, removed at exit or by a later process); returns it, or None where the user
+  set NUMBA_CACHE_DIR."""
   owner = os.environ.get(_PRIVATE_OWNER)
   if 'NUMBA_CACHE_DIR' in os.environ and owner is None:
     return None
@@ -38,7 +52,13 @@ def _private_numba_cache() -> Optional[str]:
   import atexit
   import shutil
   import tempfile
-  private = tempfile.mkdtemp(prefix='numba-cache-')
+  parent = os.path.join(_SHARED_NUMBA_CACHE, 'proc')
+  try:
+    os.makedirs(parent, exist_ok=True)
+    _remove_stale_private_caches(parent)
+  except OSError:  # no writable home: the system's temp folder
+    parent = None
+  private = tempfile.mkdtemp(prefix=f'{os.getpid()}-', dir=parent)
   seed = os.path.join(_SHARED_NUMBA_CACHE, 'seed')
   if os.path.isdir(seed):
     try:
