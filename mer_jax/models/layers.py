@@ -178,8 +178,8 @@ def _max_pool_fwd(xp, window, stride, out_hw, padded_hw):
 
 
 # How the custom max-pool forms its input gradient: 'residues' (one plane per stride
-# residue, interleaved once) or 'pads' (nine strided pads). Same numbers; 'residues'
-# was 5 % faster on AVT-CA's step at paper shapes on an AVX-512 CPU
+# residue, interleaved once) or 'pads' (one strided pad per window offset). Same
+# numbers; 'residues' was 5 % faster on AVT-CA's step at paper shapes on an AVX-512 CPU
 # (experiments/results/backward_profile.md, section 8). Read when a step is traced.
 MAX_POOL_BACKWARD = ['residues']
 
