@@ -37,6 +37,8 @@ def defaults(c):
   # 'compact' (default) or 'efficientface': the published EfficientFace layout, which
   # the AffectNet .pth of the public code loads into (config.model_init).
   c.model.frame_arch = 'compact'
+  # > 0: the frame encoder sees this many evenly spaced frames of each clip (0: all).
+  c.model.frames_encoded = 0
   c.model.max_len = 512  # longest sequence of the learned positional embeddings
   # Section 3.4: o_AV + o_self. True adds a separate self-attention inside the
   # cross-self-attention block (an earlier reading); the paper's equations have none.
@@ -78,7 +80,6 @@ def _synthetic(c):
                  frame_stage_features=(32, 64))
   c.input.augment.video_crop_pad = 2
   c.input.augment.audio_noise_std = 0.5
-  c.train.checkpoint_every_steps = 100
 
 
 def _tiny(c):

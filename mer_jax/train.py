@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 
 import jax
@@ -87,6 +88,10 @@ def train_and_evaluate(config, workdir: str, data: input_pipeline.Data | None = 
   while step < total and not meta['stopped']:
     epoch = step // spe
     if epoch != it_epoch:
+      if iterator is not None:
+        # Tearing down a tf.data iterator waits seconds on its autotuner, idle; done
+        # inline (or left to the garbage collector) that stalled every epoch start.
+        threading.Thread(target=iterator.close, daemon=True).start()
       ds = input_pipeline.train_dataset(
           data.builder, data.split('train'), local_batch, seed=config.seed,
           epoch=epoch, skip_batches=step % spe, augment=config.input.augment.to_dict(),

@@ -97,3 +97,31 @@ def test_paper_shapes_parameter_count():
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes['params']))
   # The authors' model has 2.0 M parameters; ours should be of the same order.
   assert 1.0e6 < n < 3.0e6, n
+
+
+def test_frames_encoded_picks_evenly_spaced_valid_frames(tiny):
+  """`frames_encoded=2` equals the full model on frames 0 and T-1 of each clip's valid
+  frames: padding is never picked."""
+  config, batch, _, variables = tiny
+  config = config.copy_and_resolve_references()
+  config.model.frames_encoded = 2
+  model = models.build(config.model, config.dataset.num_classes)
+  full = models.build(avt_ca_config.get_config('tiny').model, config.dataset.num_classes)
+  video = np.asarray(batch['video'])
+  assert video.shape[1] == 4
+  # Clip 0 uses all 4 frames; clips 1 and 2 only the first 3 (the last one padding).
+  valid = np.ones(video.shape[:2], np.float32)
+  valid[1:, 3] = 0
+  padded = dict(batch, video_valid=valid)
+  out = model.apply(variables, padded, train=False)['logits']
+  for i, picks in ((0, [0, 3]), (1, [0, 2]), (2, [0, 2])):
+    one = {k: np.asarray(v)[i:i + 1] for k, v in batch.items()}
+    one['video'] = video[i:i + 1, picks]
+    one.pop('video_valid', None)
+    want = full.apply(variables, one, train=False)['logits']
+    np.testing.assert_allclose(out[i:i + 1], want, atol=1e-5, rtol=1e-5)
+  # Different frames give a different output (the selection matters).
+  one = {k: np.asarray(v)[1:2] for k, v in batch.items()}
+  one['video'] = video[1:2, [0, 3]]
+  one.pop('video_valid', None)
+  assert not np.allclose(out[1:2], full.apply(variables, one, train=False)['logits'], atol=1e-5)

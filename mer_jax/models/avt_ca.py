@@ -36,6 +36,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mer_jax.models import encoders, layers
 from mer_jax import contract as bc
@@ -65,6 +66,8 @@ class AVTCA(nn.Module):
   # Section III-C reading of o_self (see the module docstring): False = residual only.
   csa_self_attention: bool = False
   remat: bool = False  # recompute the frame encoder's activations in the backward pass
+  # > 0: the frame encoder sees this many evenly spaced frames of the clip (0: all).
+  frames_encoded: int = 0
   dtype: str = 'float32'  # compute dtype ('bfloat16' halves activations); params stay float32
 
   @nn.compact
@@ -80,6 +83,12 @@ class AVTCA(nn.Module):
     a_valid = encoders.pool_valid(a_valid, audio_enc.pool, len(self.audio_channels))
     a = nn.Dense(d, dtype=dt, name='audio_proj')(a)
     v_valid = bc.time_valid(batch, 'video')
+    if self.frames_encoded and video.ndim == 5 and video.shape[1] > self.frames_encoded:
+      # Evenly spaced over each clip's valid frames, so padding is never picked.
+      last = jnp.maximum(v_valid.sum(axis=1) - 1, 0)
+      idx = jnp.round(np.linspace(0, 1, self.frames_encoded)[None] * last[:, None]).astype(jnp.int32)
+      video = jnp.take_along_axis(video, idx[:, :, None, None, None], axis=1)
+      v_valid = jnp.take_along_axis(v_valid, idx, axis=1)
     if video.ndim == 3:
       # Pre-extracted per-frame vectors (CMU-MOSEI's FACET) [B, T, F]: the audio
       # branch's Conv1D blocks instead of the frame CNN.
