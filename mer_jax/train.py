@@ -39,6 +39,51 @@ def assemble(config, data: input_pipeline.Data, mesh=None) -> assembly.Run:
                             init_batch=init_batch)
 
 
+# Settings a resumed run may change: where data and logs go, how often it saves.
+RESUME_MAY_CHANGE = ('arg', 'reference', 'evals', 'dataset.data_dir', 'train.log_every_steps',
+                     'train.checkpoint_every_steps', 'train.checkpoint_min_interval_s',
+                     'train.keep_checkpoints', 'train.progress_bar')
+
+
+def _saved_config(workdir: str):
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError as e:
+    raise ValueError(f'{path}: not valid JSON ({e}); it records the config of the '
+                     'checkpoints beside it') from e
+
+
+def _flatten(d, prefix=''):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def _check_same_run(previous: dict, config, workdir: str) -> None:
+  """Checkpoints resume only under the config that wrote them: a changed batch size or
+  schedule would otherwise continue, silently, a different run."""
+  old = _flatten(previous)
+  new = _flatten(json.loads(config.to_json_best_effort()))
+  skip = lambda k: any(k == p or k.startswith(p + '.') for p in RESUME_MAY_CHANGE)
+  changed = sorted(k for k in set(old) | set(new)
+                   if not skip(k) and old.get(k, '<unset>') != new.get(k, '<unset>'))
+  if changed:
+    shown = ', '.join(f'{k}: {old.get(k, "<unset>")!r} -> {new.get(k, "<unset>")!r}'
+                      for k in changed[:8])
+    more = f' and {len(changed) - 8} more' if len(changed) > 8 else ''
+    raise ValueError(
+        f'{workdir} holds checkpoints of a run with another config ({shown}{more}); '
+        'resume it with its own config (its config.json), or train in a new --workdir')
+
+
 def _better(metric: str, new: float, old: float) -> bool:
   return new < old if metric == 'loss' else new > old
 
@@ -52,12 +97,7 @@ def train_and_evaluate(config, workdir: str, data: input_pipeline.Data | None = 
   prov = provenance.record(config, data)
   cfg = config.train
   is_main = jax.process_index() == 0
-  if is_main:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
-    if data.fold_plan:  # which groups this fold trains and tests on
-      with open(os.path.join(workdir, 'fold_plan.json'), 'w') as f:
-        json.dump(data.fold_plan, f, indent=2, default=str)
+  previous = _saved_config(workdir)
   if data.splits['test'] is None:
     logging.warning('No test split: training selects on validation and reports validation '
                     'metrics and the best checkpoint only.')
@@ -67,7 +107,19 @@ def train_and_evaluate(config, workdir: str, data: input_pipeline.Data | None = 
   meta = {'epoch': 0, 'best_value': math.inf if metric_name == 'loss' else -math.inf,
           'best_step': -1, 'bad_epochs': 0, 'stopped': False, 'train_time_s': 0.0}
   state = run.state
+  if previous is not None and any(ckpts.all_steps().values()):
+    try:
+      _check_same_run(previous, config, workdir)
+    except ValueError:
+      ckpts.close()
+      raise
   restored = ckpts.restore_latest(abstract)
+  if is_main:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+    if data.fold_plan:  # which groups this fold trains and tests on
+      with open(os.path.join(workdir, 'fold_plan.json'), 'w') as f:
+        json.dump(data.fold_plan, f, indent=2, default=str)
   if restored is not None:
     state = assembly.from_state_dict(state, restored[0])
     meta.update(restored[1])

@@ -153,6 +153,25 @@ def test_deferred_best_checkpoint_is_the_immediate_one(uninterrupted, tiny_data_
     assert res[split]['loss'] == pytest.approx(full[split]['loss'], rel=1e-5)
 
 
+def test_resume_refuses_a_changed_config(uninterrupted, tiny_data_dir, tmp_path):
+  """A workdir's checkpoints resume only under their own config; where data and logs go
+  and how often it saves may change."""
+  import shutil
+  from mer_jax import train
+  workdir = str(tmp_path / 'finished')
+  shutil.copytree(uninterrupted, workdir)
+  cfg = _tiny(tiny_data_dir, checkpoint_min_interval_s=0.0)
+  cfg.input.batch_size = cfg.input.batch_size * 2
+  with pytest.raises(ValueError, match=r'another config \(input.batch_size: 8 -> 16\)'):
+    train.train_and_evaluate(cfg, workdir)
+  # The refused run left the workdir as it was.
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['input']['batch_size'] == 8
+  res = train.train_and_evaluate(
+      _tiny(tiny_data_dir, checkpoint_min_interval_s=5.0, log_every_steps=3), workdir)
+  assert res['steps'] == _results(uninterrupted)['steps']
+
+
 def test_run_without_test_split_ends_on_validation(tiny_data_dir, tmp_path):
   from mer_jax import train
   cfg = _tiny(tiny_data_dir, max_steps=3)
