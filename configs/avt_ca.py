@@ -3,7 +3,7 @@
   python -m mer_jax.main --config=configs/avt_ca.py:synthetic --workdir=/tmp/avt_ca
 
 Presets (grammar: mer_jax/config_lib.py):
-  synthetic     the built-in `synthetic_av` dataset; ~5 min on 2 CPU cores (README)
+  synthetic     the built-in `synthetic_av` dataset; ~2 min of training on 2 CPU cores (README)
   tiny          a very small model on `synthetic_av/small` for tests (seconds)
   ravdess       RAVDESS speech AV clips preprocessed as the public code does
                 (`ravdess/avt_ca`); targets accuracy 96.11 (Table III); 5 actor folds
