@@ -17,6 +17,7 @@ import os
 import threading
 import time
 
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,21 +58,11 @@ def _saved_config(workdir: str):
                      'checkpoints beside it') from e
 
 
-def _flatten(d, prefix=''):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
-
-
 def _check_same_run(previous: dict, config, workdir: str) -> None:
   """Checkpoints resume only under the config that wrote them: a changed batch size or
   schedule would otherwise continue, silently, a different run."""
-  old = _flatten(previous)
-  new = _flatten(json.loads(config.to_json_best_effort()))
+  old = traverse_util.flatten_dict(previous, sep='.')
+  new = traverse_util.flatten_dict(json.loads(config.to_json_best_effort()), sep='.')
   skip = lambda k: any(k == p or k.startswith(p + '.') for p in RESUME_MAY_CHANGE)
   changed = sorted(k for k in set(old) | set(new)
                    if not skip(k) and old.get(k, '<unset>') != new.get(k, '<unset>'))
@@ -82,6 +73,13 @@ def _check_same_run(previous: dict, config, workdir: str) -> None:
     raise ValueError(
         f'{workdir} holds checkpoints of a run with another config ({shown}{more}); '
         'resume it with its own config (its config.json), or train in a new --workdir')
+
+
+def _close_in_background(iterator) -> None:
+  # Tearing down a tf.data iterator waits seconds on its autotuner, idle; done inline
+  # (or left to the garbage collector) that stalled every epoch start.
+  if iterator is not None:
+    threading.Thread(target=iterator.close, daemon=True).start()
 
 
 def _better(metric: str, new: float, old: float) -> bool:
@@ -140,10 +138,7 @@ def train_and_evaluate(config, workdir: str, data: input_pipeline.Data | None = 
   while step < total and not meta['stopped']:
     epoch = step // spe
     if epoch != it_epoch:
-      if iterator is not None:
-        # Tearing down a tf.data iterator waits seconds on its autotuner, idle; done
-        # inline (or left to the garbage collector) that stalled every epoch start.
-        threading.Thread(target=iterator.close, daemon=True).start()
+      _close_in_background(iterator)
       ds = input_pipeline.train_dataset(
           data.builder, data.split('train'), local_batch, seed=config.seed,
           epoch=epoch, skip_batches=step % spe, augment=config.input.augment.to_dict(),
@@ -198,6 +193,7 @@ def train_and_evaluate(config, workdir: str, data: input_pipeline.Data | None = 
       ckpts.save_latest(step, assembly.state_dict(state), meta)
       last_save = time.time()
   progress.close()
+  _close_in_background(iterator)
   train_time = meta['train_time_s'] if step >= total or meta['stopped'] else t_base + time.time() - t_start
 
   # The evaluators on the best checkpoint (the latest if validation never ran).
