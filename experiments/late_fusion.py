@@ -7,8 +7,12 @@ checkpoints score every validation and test example; the fused decision is
     w * log p_audio + (1 - w) * log p_face,
 
 with w on a grid in [0, 1] chosen by validation UAR (ties: validation accuracy, then
-the w nearest 0.5). Test examples are scored once, with that w. No training: this is
-the classical late-fusion baseline beside the fused models that learn their fusion.
+the w nearest 0.5), or fixed with `--weight`: w = 0.5 is the product of the two
+posteriors, the Bayes decision when the modalities are independent given the class
+and the classes balanced (true by construction of a pairing such as RAVDESS x FER+,
+whose face is drawn at random among the utterance's class). Test examples are scored
+once. No training: this is the classical late-fusion baseline beside the fused models
+that learn their fusion.
 
   python -m experiments.late_fusion --table=runs/mmt_ca_ferplus_fusion \
       --rows=audio,face --out=experiments/results/ravdess_ferplus_fusion/score_fusion
@@ -45,8 +49,7 @@ def log_probs(workdir: str, split: str, data_dir: str = ''):
   @jax.jit
   def predict(batch):
     batch = bc.mask_modalities(batch, run.masked)  # as the run's own evaluation
-    out = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats}, batch,
-                         train=False)
+    out = state.apply_fn(assembly.eval_variables(state), batch, train=False)
     return jax.nn.log_softmax(out['logits'].astype(np.float32), axis=-1)
 
   lp, labels = [], []
@@ -76,21 +79,30 @@ def choose_weight(lp_a, lp_b, y, grid: int = 21) -> tuple[float, float, float]:
   return w, u, a
 
 
-def fuse_run(dir_a: str, dir_b: str, grid: int = 21, data_dir: str = '') -> dict:
+def _scores(lp, y, num_classes):
+  pred = np.argmax(lp, -1)
+  return _uar(y, pred, num_classes), float(np.mean(pred == y))
+
+
+def fuse_run(dir_a: str, dir_b: str, grid: int = 21, data_dir: str = '',
+             weight: float | None = None) -> dict:
+  """Scores of the fused decision on a pair of runs; `weight` fixes w (else chosen)."""
   va_a, yv = log_probs(dir_a, 'val', data_dir)
   va_b, yv2 = log_probs(dir_b, 'val', data_dir)
   te_a, yt = log_probs(dir_a, 'test', data_dir)
   te_b, yt2 = log_probs(dir_b, 'test', data_dir)
   if not (np.array_equal(yv, yv2) and np.array_equal(yt, yt2)):
     raise ValueError(f'{dir_a} and {dir_b} do not read the same examples in the same order')
-  w, val_uar, val_acc = choose_weight(va_a, va_b, yv, grid)
   c = va_a.shape[1]
+  if weight is None:
+    w, val_uar, val_acc = choose_weight(va_a, va_b, yv, grid)
+  else:
+    w = float(weight)
+    val_uar, val_acc = _scores(w * va_a + (1 - w) * va_b, yv, c)
   res = {'w': w, 'val_uar': val_uar, 'val_accuracy': val_acc, 'n_val': int(yv.size),
          'n_test': int(yt.size)}
   for name, lp in (('fused', w * te_a + (1 - w) * te_b), ('a', te_a), ('b', te_b)):
-    pred = np.argmax(lp, -1)
-    res[f'{name}_test_accuracy'] = float(np.mean(pred == yt))
-    res[f'{name}_test_uar'] = _uar(yt, pred, c)
+    res[f'{name}_test_uar'], res[f'{name}_test_accuracy'] = _scores(lp, yt, c)
   return res
 
 
@@ -101,6 +113,9 @@ def main(argv=None):
   p.add_argument('--rows', default='audio,face',
                  help='The two unimodal rows: the first gets w, the second 1-w.')
   p.add_argument('--grid', type=int, default=21, help='Number of weights on [0, 1].')
+  p.add_argument('--weight', default='val',
+                 help="'val' (w chosen on the validation split) or a fixed w in [0, 1]; "
+                 '0.5 = the product of the two posteriors.')
   p.add_argument('--out', default='', help='Write <out>.md and <out>.json.')
   p.add_argument('--data_dir', default='',
                  help="TFDS data_dir of the runs' dataset (default: the runs').")
@@ -108,6 +123,9 @@ def main(argv=None):
   from mer_jax import contract
   contract.quiet_libraries()
   row_a, row_b = args.rows.split(',')
+  weight = None if args.weight == 'val' else float(args.weight)
+  if weight is not None and not 0.0 <= weight <= 1.0:
+    raise SystemExit(f'--weight must be in [0, 1] or "val", not {args.weight}')
   runs = {}
   for d in sorted(glob.glob(os.path.join(args.table, row_a, 'fold*_seed*'))):
     name = os.path.basename(d)
@@ -116,7 +134,7 @@ def main(argv=None):
             and os.path.exists(os.path.join(other, 'results.json'))):
       print(f'{name}: a row has no finished run; skipped', flush=True)
       continue
-    runs[name] = fuse_run(d, other, args.grid, args.data_dir)
+    runs[name] = fuse_run(d, other, args.grid, args.data_dir, weight)
     r = runs[name]
     print(f"{name}: w={r['w']:.2f} (val UAR {100 * r['val_uar']:.1f})  test acc "
           f"{row_a} {100 * r['a_test_accuracy']:.1f}  {row_b} {100 * r['b_test_accuracy']:.1f}  "
@@ -129,6 +147,7 @@ def main(argv=None):
     from experiments import baselines
     baselines.write_results(args.out, table, {'table': os.path.abspath(args.table),
                                               'rows': [row_a, row_b], 'grid': args.grid,
+                                              'weight': args.weight,
                                               'runs': runs})
 
 

@@ -36,17 +36,37 @@ _CONTRACT_INPUTS = bc.MODALITIES
 class TrainState(train_state.TrainState):
   batch_stats: Any = None
   rng: jax.Array = None
+  ema_params: Any = None  # the weights' moving average (config.optim.ema_decay > 0)
 
 
 def state_dict(state: TrainState) -> dict:
   """The arrays a checkpoint holds (functions and optimiser object excluded)."""
-  return {'step': state.step, 'params': state.params, 'batch_stats': state.batch_stats,
-          'opt_state': state.opt_state, 'rng': state.rng}
+  d = {'step': state.step, 'params': state.params, 'batch_stats': state.batch_stats,
+       'opt_state': state.opt_state, 'rng': state.rng}
+  if state.ema_params is not None:
+    d['ema_params'] = state.ema_params
+  return d
 
 
 def from_state_dict(state: TrainState, d: dict) -> TrainState:
   return state.replace(step=d['step'], params=d['params'], batch_stats=d['batch_stats'],
-                       opt_state=d['opt_state'], rng=d['rng'])
+                       opt_state=d['opt_state'], rng=d['rng'],
+                       ema_params=d.get('ema_params'))
+
+
+def eval_variables(state: TrainState) -> dict:
+  """The variables evaluation, inference and warm starts use: the weights' moving
+  average where the run keeps one."""
+  params = state.params if state.ema_params is None else state.ema_params
+  return {'params': params, 'batch_stats': state.batch_stats}
+
+
+def update_ema(ema, params, step, decay: float):
+  """One step of the weights' moving average; the decay ramps up as (1 + t) / (10 + t)
+  so the first, random weights are forgotten within a short run."""
+  step = jnp.asarray(step, jnp.float32)
+  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
 
 
 # --- Input shapes ---------------------------------------------------------------
@@ -116,7 +136,8 @@ def _train_loss(state: TrainState, params, batch: dict, loss_fn: Callable, loss_
   return loss, (aux, updates, outputs['logits'])
 
 
-def make_train_step(loss_fn: Callable, loss_config, masked: tuple, schedule):
+def make_train_step(loss_fn: Callable, loss_config, masked: tuple, schedule,
+                    ema_decay: float = 0.0):
   def train_step(state: TrainState, batch: dict):
     batch = bc.mask_modalities(batch, masked)
     (loss, (aux, updates, logits)), grads = jax.value_and_grad(
@@ -124,6 +145,9 @@ def make_train_step(loss_fn: Callable, loss_config, masked: tuple, schedule):
             state.params)
     new_state = state.apply_gradients(grads=grads,
                                       batch_stats=updates.get('batch_stats', state.batch_stats))
+    if ema_decay > 0:
+      new_state = new_state.replace(
+          ema_params=update_ema(state.ema_params, new_state.params, state.step, ema_decay))
     acc = jnp.mean((jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32))
     out = {'loss': loss, 'accuracy': acc, 'grad_norm': optax.global_norm(grads),
            'learning_rate': schedule(state.step)}
@@ -147,8 +171,7 @@ def make_eval_step(loss_fn: Callable, loss_config, masked: tuple, num_classes: i
   def eval_step(state: TrainState, batch: dict):
     batch = bc.mask_modalities(batch, masked)
     batch = corruption.apply(batch, corrupt)  # robustness evaluators only
-    outputs = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
-                             batch, train=False)
+    outputs = state.apply_fn(eval_variables(state), batch, train=False)
     logits = outputs['logits']
     valid = batch['valid']
     preds = jnp.argmax(logits, -1)
@@ -235,9 +258,14 @@ def create_train_state(config, model: nn.Module, init_batch: dict, tx, mesh,
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   variables = init_variables(config, model, init_batch, init_rng, pretrained)
 
+  ema = config.optim.get('ema_decay', 0.0) > 0
+
   def create(variables):
     return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                             batch_stats=variables['batch_stats'], rng=state_rng)
+                             batch_stats=variables['batch_stats'], rng=state_rng,
+                             # a copy: params and their average are donated apart
+                             ema_params=jax.tree.map(jnp.copy, variables['params'])
+                             if ema else None)
 
   return jax.jit(create, out_shardings=sharding.replicated(mesh))(variables)
 
@@ -263,7 +291,8 @@ def build_run(config, mesh=None, *, steps_per_epoch: int = 100, total_steps: int
     state = create_train_state(config, model, init_batch, tx, mesh)
   masked = config_lib.parse_modalities(config.get('mask_modalities', ''))
   repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  train_step = jax.jit(make_train_step(entry.loss_fn, config.loss, masked, schedule),
+  train_step = jax.jit(make_train_step(entry.loss_fn, config.loss, masked, schedule,
+                                       config.optim.get('ema_decay', 0.0)),
                        in_shardings=(repl, data), out_shardings=(repl, repl),
                        donate_argnums=(0,))
   return Run(config=config, mesh=mesh, model=model, loss_fn=entry.loss_fn, tx=tx,

@@ -134,6 +134,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.decay_epochs = 0.0  # step: decay every this many epochs ...
   c.optim.decay_rate = 1.0  # ... by this factor ...
   c.optim.decay_start_epoch = -1.0  # ... first at this epoch (< 0: after decay_epochs)
+  # > 0: keep an exponential moving average of the weights (this decay per step, ramped
+  # up over the first steps as (1 + t) / (10 + t)); validation, checkpoint selection,
+  # tests, inference and warm starts then use the average. 0: off.
+  c.optim.ema_decay = 0.0
 
   # --- Training loop -------------------------------------------------------
   c.train = ml_collections.ConfigDict()

@@ -64,7 +64,7 @@ def attention_maps(run, state, batch: dict) -> tuple[dict, np.ndarray]:
   batch = bc.mask_modalities(batch, run.masked)
   batch = corruption.apply(batch, corruption.settings(run.config.get('corrupt')))
   outputs, inter = run.model.apply(
-      {'params': state.params, 'batch_stats': state.batch_stats}, batch, train=False,
+      assembly.eval_variables(state), batch, train=False,
       mutable=['intermediates'])
   maps = {}
   flat = jax.tree_util.tree_flatten_with_path(inter.get('intermediates', {}))[0]

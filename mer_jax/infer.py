@@ -34,7 +34,7 @@ def load_run(workdir: str, checkpoint: str = 'best'):
   """(config, model, variables, label names) of a training directory, no dataset needed."""
   from mer_jax import assembly
   run, state, _ = assembly.restore_run(workdir, checkpoint)
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  variables = assembly.eval_variables(state)
   return run.config, run.model, variables, _label_names(workdir, run.config)
 
 

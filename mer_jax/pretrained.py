@@ -329,7 +329,9 @@ def restore_workdir_variables(workdir: str, checkpoint: str = 'best') -> dict:
     raise FileNotFoundError(f'model_init (workdir): {e}') from e
   if not isinstance(state, Mapping) or 'params' not in state:
     raise ValueError(f'model_init (workdir): {root} step {step} has no params')
-  return {'params': state['params'], 'batch_stats': state.get('batch_stats') or {}}
+  # The weights the run evaluated with: their moving average where it kept one.
+  params = state.get('ema_params') or state['params']
+  return {'params': params, 'batch_stats': state.get('batch_stats') or {}}
 
 
 def _init_from_workdir(entry, variables) -> dict:

@@ -219,6 +219,11 @@ def test_score_fusion_weight_chosen_on_validation():
   lp_b = np.log(np.where(know_b, 0.7 * onehot + 0.1, 0.25))
   w, uar, acc = late_fusion.choose_weight(lp_a, lp_b, y, grid=11)
   assert 0.0 < w < 1.0 and uar > 0.99 and acc > 0.99
+  # The fixed product rule (w = 0.5) needs no validation data to combine them.
+  uar, acc = late_fusion._scores(0.5 * lp_a + 0.5 * lp_b, y, c)
+  assert uar > 0.99 and acc > 0.99
+  with pytest.raises(SystemExit, match='--weight'):
+    late_fusion.main(['--table=/nonexistent', '--weight=1.5'])
   # A useless first input gets a weight small enough to change nothing.
   noise = np.log(rng.dirichlet(np.ones(c), n))
   good = np.log(0.9 * onehot + 0.025)

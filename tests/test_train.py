@@ -265,3 +265,38 @@ def test_early_stopping_ends_the_run(tiny_data_dir, tmp_path):
   best_epoch = res['best_step'] // 9
   assert best_epoch in (1, 2) and res['best_step'] % 9 == 0
   assert res['epochs'] == best_epoch + 2 and res['steps'] == 9 * res['epochs']  # then 2 without gain
+
+
+def test_update_ema_ramps_then_holds_its_decay():
+  import jax.numpy as jnp
+  from mer_jax import assembly
+  ema, p = {'w': jnp.zeros(3)}, {'w': jnp.ones(3)}
+  # Step 0: decay min(0.99, 1/10), so the average is mostly the new weights.
+  np.testing.assert_allclose(assembly.update_ema(ema, p, 0, 0.99)['w'], 0.9, rtol=1e-6)
+  # Late in a run the configured decay holds.
+  np.testing.assert_allclose(assembly.update_ema(ema, p, 10_000, 0.99)['w'], 0.01, rtol=1e-5)
+
+
+def test_weight_average_is_what_evaluation_and_warm_starts_use(tiny_data_dir, tmp_path):
+  import jax
+  from mer_jax import assembly, evaluate, pretrained, train
+  cfg = _tiny(tiny_data_dir, max_steps=6)
+  cfg.optim.ema_decay = 0.9
+  workdir = str(tmp_path / 'ema')
+  res = train.train_and_evaluate(cfg, workdir)
+  run, state, _ = assembly.restore_run(workdir)
+  leaves = lambda t: np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])
+  avg, raw = leaves(state.ema_params), leaves(state.params)
+  assert avg.shape == raw.shape and not np.allclose(avg, raw)
+  np.testing.assert_array_equal(leaves(assembly.eval_variables(state)['params']), avg)
+  np.testing.assert_array_equal(leaves(pretrained.restore_workdir_variables(workdir)['params']),
+                                avg)
+  # The run's test figures are the average's: re-scoring the checkpoint reproduces them,
+  # while the raw weights score a different loss.
+  again = evaluate.evaluate_checkpoint(cfg, workdir, 'test', figures=False)
+  assert again['loss'] == pytest.approx(res['test']['loss'], rel=1e-5)
+  from data_pipelines import input_pipeline
+  from mer_jax import evaluators
+  data = input_pipeline.prepare(cfg.dataset, build_if_missing=False)
+  raw_loss = evaluators.score(run, state.replace(ema_params=None), data, 'test')['loss']
+  assert raw_loss != pytest.approx(res['test']['loss'], rel=1e-4)
