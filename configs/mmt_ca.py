@@ -303,6 +303,11 @@ TABLES = {
     'mmt_ca_ferplus_fusion': config_lib.Table(
         'Fusion of real signals, warm-started (004 recipe): RAVDESS speech x unseen FER+ faces', (
             ('audio', 'ravdess_ferplus+audio+heldout+tuned+prosody'),
+            # The audio recipe of the leave-one-actor-out study; its score fusion with the
+            # face row: `python -m experiments.late_fusion --weight=0.5 --rows=audio_spknorm_
+            # statsens_functionals,face` (experiments/results/ravdess_ferplus_fusion.md).
+            ('audio, spknorm+statsens+functionals',
+             'ravdess_ferplus+audio+heldout+tuned+prosody+spknorm+statsens+functionals'),
             ('face', 'ravdess_ferplus+face+heldout+tuned+prosody', 'model_init.kind=workdir',
              'model_init.path={input:ferplus_face}',
              "model_init.source_scopes=('face_cnn','face_encoder')"),

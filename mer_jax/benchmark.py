@@ -18,7 +18,7 @@ import time
 import jax
 import numpy as np
 
-from mer_jax import assembly, sharding
+from mer_jax import assembly, contract as bc, sharding
 
 _NOT_INPUTS = ('label', 'mask', 'valid')
 
@@ -48,6 +48,7 @@ def benchmark_train_step(config, batch_size: int | None = None, repeats: int = 5
   t0 = time.perf_counter()
   compiled = run.train_step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
+  bc.release_freed_memory()
   mem = compiled.memory_analysis()
   times = []
   for i in range(warmup + repeats):
@@ -63,6 +64,7 @@ def benchmark_train_step(config, batch_size: int | None = None, repeats: int = 5
                                               b, train=False)['logits'],
                     in_shardings=(repl, data), out_shardings=repl)
   jax.block_until_ready(eval_fn(state, batch))
+  bc.release_freed_memory()
   eval_times = []
   for _ in range(repeats):
     t0 = time.perf_counter()

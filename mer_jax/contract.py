@@ -1,4 +1,5 @@
-"""The leaf both packages import: the batch contract and the project's logger.
+"""The leaf both packages import: the batch contract, the project's logger and two
+process-wide helpers (library log levels, returning freed memory).
 
 The batch contract between input pipelines and models.
 
@@ -99,6 +100,20 @@ if not logger.handlers:
   logger.addHandler(_handler)
   logger.setLevel(_logging.INFO)
   logger.propagate = False
+
+
+def release_freed_memory() -> bool:
+  """Hands memory that glibc's allocator keeps but no longer uses back to the system.
+
+  Compiling a large step frees hundreds of MiB of XLA working memory into malloc's
+  arenas, where it would stay resident for the rest of the process (AVT-CA at paper
+  shapes: 0.6 GiB). Call it after a compilation. False where glibc is absent.
+  """
+  try:
+    import ctypes
+    return bool(ctypes.CDLL('libc.so.6').malloc_trim(0))
+  except (OSError, AttributeError):
+    return False
 
 
 def quiet_libraries():

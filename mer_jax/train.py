@@ -25,6 +25,7 @@ import numpy as np
 from data_pipelines import input_pipeline
 from mer_jax import assembly, checkpointing, evaluators, metrics as metrics_lib, provenance
 from mer_jax import plots, sharding, writers
+from mer_jax import contract as bc
 from mer_jax.contract import logger as logging
 
 
@@ -135,6 +136,7 @@ def train_and_evaluate(config, workdir: str, data: input_pipeline.Data | None = 
   t_base = meta['train_time_s']
   pending = []
   pending_best, last_save = None, time.time()
+  compiled = {'train': False, 'eval': False}  # XLA's freed compile memory is returned once
   while step < total and not meta['stopped']:
     epoch = step // spe
     if epoch != it_epoch:
@@ -148,6 +150,9 @@ def train_and_evaluate(config, workdir: str, data: input_pipeline.Data | None = 
       iterator, it_epoch = input_pipeline.as_numpy(ds), epoch
     batch = sharding.place_batch(next(iterator), run.mesh)
     state, step_metrics = run.train_step(state, batch)
+    if not compiled['train']:  # the step compiled on this call (it runs asynchronously)
+      bc.release_freed_memory()
+      compiled['train'] = True
     step += 1
     pending.append(step_metrics)
     epoch_end = step % spe == 0 or step == total
@@ -164,6 +169,9 @@ def train_and_evaluate(config, workdir: str, data: input_pipeline.Data | None = 
       meta['epoch'] = epoch + 1
       if (epoch + 1) % cfg.eval_every_epochs == 0 or step == total:
         val = evaluators.score(run, state, data, 'val')
+        if not compiled['eval']:
+          bc.release_freed_memory()
+          compiled['eval'] = True
         writer.write(step, {k: v for k, v in val.items() if k != 'confusion_matrix'}, 'val')
         logging.info('epoch %d  val %s=%.4f loss=%.4f', epoch + 1, metric_name,
                      val[metric_name], val['loss'])

@@ -40,3 +40,33 @@ def test_train_forward_is_the_train_steps_loss():
   fwd_loss = float(run.train_forward()(run.state, batch))
   _, out = run.train_step(run.state, batch)
   np.testing.assert_allclose(fwd_loss, float(jax.device_get(out['loss'])), rtol=1e-6)
+
+
+def _rss_bytes() -> int:
+  with open('/proc/self/status') as f:
+    return next(int(l.split()[1]) * 1024 for l in f if l.startswith('VmRSS'))
+
+
+def test_release_freed_memory_returns_freed_heap_pages():
+  """What XLA's compiler leaves behind: freed heap chunks that stay resident until
+  malloc_trim hands them back (the last chunk pins the heap, as live data would)."""
+  import ctypes
+  import sys
+  import pytest
+  from mer_jax import contract
+  if not sys.platform.startswith('linux'):
+    pytest.skip('glibc only')
+  libc = ctypes.CDLL('libc.so.6')
+  libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+  libc.free.argtypes = [ctypes.c_void_p]
+  n, size = 2000, 64 * 1024  # 125 MiB in chunks under glibc's mmap threshold
+  ptrs = [libc.malloc(size) for _ in range(n)]
+  for p in ptrs:
+    ctypes.memset(p, 1, size)
+  for p in ptrs[:-1]:
+    libc.free(p)
+  before = _rss_bytes()
+  assert contract.release_freed_memory()
+  after = _rss_bytes()
+  libc.free(ptrs[-1])
+  assert before - after > n * size // 2, (before, after)
