@@ -286,6 +286,8 @@ _FROM_BOTH = ("model_init.sources=({'kind': 'workdir', 'path': '{run:audio}', "
               "'source_scopes': ('audio_*',)}, {'kind': 'workdir', 'path': '{run:face}', "
               "'source_scopes': ('face_*',)})")
 
+_FROM_BOTH_SF = _FROM_BOTH.replace('{run:audio}', '{run:audio, spknorm+statsens+functionals}')
+
 TABLES = {
     'mmt_ca_main': config_lib.Table('Audio, face and fused heads on RAVDESS (Section 5)', (
         ('audio', 'ravdess+audio'), ('face', 'ravdess+face'), ('early fusion', 'ravdess+early'),
@@ -313,7 +315,14 @@ TABLES = {
              "model_init.source_scopes=('face_cnn','face_encoder')"),
             ('fused', 'ravdess_ferplus+hybrid+heldout+tuned+prosody', _FROM_BOTH),
             # Decision-level only: starts as the product of the two trained classifiers.
-            ('fused, late', 'ravdess_ferplus+late+heldout+tuned+prosody', _FROM_BOTH)),
+            ('fused, late', 'ravdess_ferplus+late+heldout+tuned+prosody', _FROM_BOTH),
+            # The same two fused models from the stronger audio row.
+            ('fused, audio spknorm+statsens+functionals',
+             'ravdess_ferplus+hybrid+heldout+tuned+prosody+spknorm+statsens+functionals',
+             _FROM_BOTH_SF),
+            ('fused, late, audio spknorm+statsens+functionals',
+             'ravdess_ferplus+late+heldout+tuned+prosody+spknorm+statsens+functionals',
+             _FROM_BOTH_SF)),
         notes='Each row: leave-one-actor-out over the 4 sample actors; faces from '
         'FER2013Valid, which the FER+ face run never trained or selected on.'),
 }
