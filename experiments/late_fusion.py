@@ -65,23 +65,23 @@ def _uar(y, pred, num_classes):
   return float(np.mean(rec))
 
 
+def _scores(lp, y, num_classes) -> tuple[float, float]:
+  """(UAR, accuracy) of the argmax decisions of log-probabilities `lp`."""
+  pred = np.argmax(lp, -1)
+  return _uar(y, pred, num_classes), float(np.mean(pred == y))
+
+
 def choose_weight(lp_a, lp_b, y, grid: int = 21) -> tuple[float, float, float]:
   """(w, validation UAR, validation accuracy) maximising UAR, then accuracy, then
   nearness to 0.5."""
   best = None
   c = lp_a.shape[1]
   for w in np.linspace(0.0, 1.0, grid):
-    pred = np.argmax(w * lp_a + (1 - w) * lp_b, -1)
-    key = (_uar(y, pred, c), float(np.mean(pred == y)), -abs(w - 0.5))
+    key = (*_scores(w * lp_a + (1 - w) * lp_b, y, c), -abs(w - 0.5))
     if best is None or key > best[0]:
       best = (key, float(w))
   (u, a, _), w = best
   return w, u, a
-
-
-def _scores(lp, y, num_classes):
-  pred = np.argmax(lp, -1)
-  return _uar(y, pred, num_classes), float(np.mean(pred == y))
 
 
 def fuse_run(dir_a: str, dir_b: str, grid: int = 21, data_dir: str = '',

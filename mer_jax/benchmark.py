@@ -60,8 +60,8 @@ def benchmark_train_step(config, batch_size: int | None = None, repeats: int = 5
   med = statistics.median(times)
   # Evaluation forward pass (no gradients, BatchNorm running statistics).
   repl, data = sharding.replicated(run.mesh), sharding.batch_sharded(run.mesh)
-  eval_fn = jax.jit(lambda st, b: st.apply_fn({'params': st.params, 'batch_stats': st.batch_stats},
-                                              b, train=False)['logits'],
+  eval_fn = jax.jit(lambda st, b: st.apply_fn(assembly.eval_variables(st), b,
+                                              train=False)['logits'],
                     in_shardings=(repl, data), out_shardings=repl)
   jax.block_until_ready(eval_fn(state, batch))
   bc.release_freed_memory()
