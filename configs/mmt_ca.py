@@ -70,6 +70,8 @@ def defaults(c):
   c.model.audio_stats_slope = False  # + each feature's slope over time
   c.model.audio_stats_percentiles = ()  # features given p10/p50/p90 and range
   c.loss.stats_weight = 1.0
+  c.loss.stats_l2 = 0.0  # x the statistics classifier's squared kernel norm
+  c.loss.deep_weight = 0.0  # x CE of the sequence branch alone (with 'ensemble')
   # Each unimodal head also learns from the labels, so late fusion has classifiers to combine.
   c.loss.unimodal_weight = 0.5
 

@@ -11,7 +11,10 @@ Hyperparameters never see the test actor. Two protocols:
          actor, report the model fitted on the training actors (the deep
          model's data: same train, validation and test actors);
   inner  pick (C, gamma) by inner leave-one-actor-out over the training and
-         validation actors, refit on all of them (the test actor is untouched).
+         validation actors, refit on all of them (the test actor is untouched);
+  refit  pick (C, gamma) as `val` does, then refit on the training and
+         validation actors (the deep model's `refit` runs: train on both for the
+         number of epochs its validation actor chose).
 
   python -m experiments.baselines --data=../shared/data/ravdess \
       --out=experiments/results/ravdess_audio_baselines
@@ -238,12 +241,16 @@ def select(kind: str, x, y, actors, fit_actors, protocol: str, val_actors=(), se
 
 def run_fold(kind: str, protocol: str, fold: dict, x, y, actors, seed: int = 0,
              num_classes: int = 8) -> dict:
-  if protocol == 'val':
+  if protocol in ('val', 'refit'):
     fit_actors, val_actors = fold['train'], fold['validation']
     params, sel = select(kind, x, y, actors, fit_actors, 'val', val_actors, seed, num_classes)
-  else:
+    if protocol == 'refit':
+      fit_actors = fold['train'] + fold['validation']
+  elif protocol == 'inner':
     fit_actors, val_actors = fold['train'] + fold['validation'], ()
     params, sel = select(kind, x, y, actors, fit_actors, 'inner', (), seed, num_classes)
+  else:
+    raise ValueError(f'unknown protocol {protocol!r}')
   tr, te = np.isin(actors, fit_actors), np.isin(actors, fold['test'])
   m = _model(kind, params, x.shape[1], seed).fit(x[tr], y[tr])
   pred = m.predict(x[te])

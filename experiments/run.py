@@ -23,9 +23,12 @@ robustness.json exists) and plot accuracy against the corruption rate.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -56,6 +59,11 @@ flags.DEFINE_string('robustness_rates', '0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9',
                     'Corruption rates of the sweep.')
 flags.DEFINE_string('compilation_cache', '', 'Persistent XLA compilation cache shared by the '
                     'runs (same shapes compile once); default <root>/.jax_cache, "none" disables.')
+flags.DEFINE_string('refit_from', '', 'A finished run of the same experiment with validation '
+                    '(same variants, folds, seeds): every fold trains again on its training '
+                    'and validation groups together (val_groups=0), for the median over '
+                    "seeds of the epochs that fold's validation chose, and reports its last "
+                    'weights; no selection reads the test groups (refit_plan.json).')
 flags.DEFINE_bool('dry_run', False, 'Print the commands without running them.')
 flags.DEFINE_bool('list', False, 'List the experiments and exit.')
 
@@ -71,6 +79,8 @@ def _protocol(exp: defs.Experiment) -> defs.Protocol:
     changes['seeds'] = tuple(int(x) for x in FLAGS.seeds.split(','))
   if FLAGS.val_groups != -2:
     changes['val_groups'] = FLAGS.val_groups
+  if FLAGS.refit_from:
+    changes['val_groups'] = 0
   if FLAGS.group_key:
     changes['group_key'] = FLAGS.group_key
   return defs.dataclasses.replace(p, **changes) if changes else p
@@ -111,6 +121,23 @@ def config_args(exp: defs.Experiment, variant: defs.Variant, fold, seed) -> list
   args += [f'--config.{kv}' for kv in variant.overrides]
   args += [f'--config.{kv}' for kv in FLAGS.set]
   return args
+
+
+def refit_epochs(source_dir: str, variant_slug: str, fold, seeds) -> tuple[int, list]:
+  """(epochs to refit fold `fold` for, the best epochs it is the median of): the epoch
+  of each seed's best-on-validation checkpoint in `source_dir`, rounded up."""
+  best = []
+  for seed in seeds:
+    path = os.path.join(source_dir, variant_slug, tables.run_name(fold, seed), 'results.json')
+    if not os.path.exists(path):
+      raise app.UsageError(f'--refit_from: {path} is missing (that run has not finished)')
+    with open(path) as f:
+      r = json.load(f)
+    if r.get('best_step', -1) <= 0 or not r.get('epochs'):
+      raise app.UsageError(f'--refit_from: {path} has no validation-chosen checkpoint')
+    per_epoch = r['steps'] / r['epochs']
+    best.append(int(math.ceil(r['best_step'] / per_epoch - 1e-6)))
+  return max(1, int(math.ceil(statistics.median(best) - 1e-6))), best
 
 
 def _die_with_parent():
@@ -246,6 +273,7 @@ def main(argv):
     inputs[name] = os.path.abspath(path)
   train_jobs, sweep_jobs = [], []
   by_workdir = {}
+  refit_plan = {}
   for v in exp.variants:
     for fold, seed in exp.protocol.runs():
       workdir = os.path.join(exp_dir, tables.slug(v.name), tables.run_name(fold, seed))
@@ -253,6 +281,15 @@ def main(argv):
                                                     tables.run_name(fold, seed))
                   for u in exp.variants if u is not v}
       args, used = resolve_refs(config_args(exp, v, fold, seed), run_dirs, inputs)
+      if FLAGS.refit_from:
+        seeds = sorted({s for f, s in exp.protocol.runs() if f == fold})
+        epochs, best = refit_epochs(os.path.abspath(FLAGS.refit_from), tables.slug(v.name),
+                                    fold, seeds)
+        refit_plan.setdefault(tables.slug(v.name), {})[str(fold)] = {
+            'epochs': epochs, 'best_epochs_by_seed': dict(zip(map(str, seeds), best))}
+        # Validated once, at the end (the fold's test groups: reported, never chosen from).
+        args += [f'--config.train.num_epochs={epochs}', f'--config.train.eval_every_epochs={epochs}',
+                 '--config.train.early_stopping_patience=0']
       label = f'{v.name} / {tables.run_name(fold, seed)}'
       job = Job(label, workdir, [python, '-m', 'mer_jax.main', f'--workdir={workdir}',
                                  '--mode=train'] + args, 'results.json')
@@ -264,6 +301,10 @@ def main(argv):
                              f'--rates={FLAGS.robustness_rates}'] + args, 'robustness.json'))
   print(f'{exp.name}: {len(exp.variants)} variants x {len(exp.protocol.runs())} runs -> {exp_dir}',
         flush=True)
+  if refit_plan:
+    with open(os.path.join(exp_dir, 'refit_plan.json'), 'w') as f:
+      json.dump({'source': os.path.abspath(FLAGS.refit_from), 'plan': refit_plan}, f, indent=2)
+    print(f'refit epochs per fold: {json.dumps(refit_plan)}', flush=True)
   for j in train_jobs:
     j.deps = [by_workdir[d] for d in j.deps]
     if any(train_jobs.index(d) > train_jobs.index(j) for d in j.deps):

@@ -60,6 +60,22 @@ def test_selection_never_reads_the_test_actor(kind, protocol):
   assert score > 1 / 8  # the classes are separable along every feature
 
 
+def test_refit_chooses_on_validation_then_fits_training_and_validation_actors():
+  rng = np.random.RandomState(0)
+  actors = np.repeat([1, 2, 3, 4], 16)
+  y = np.tile(np.arange(8), 8)
+  x = rng.randn(len(y), 6) + y[:, None] * 0.5
+  fold = baselines.loao_folds(actors)[1]
+  val = baselines.run_fold('lr', 'val', fold, x, y, actors)
+  refit = baselines.run_fold('lr', 'refit', fold, x, y, actors)
+  assert refit['params'] == val['params'] and refit['selection_uar'] == val['selection_uar']
+  assert refit['fit_actors'] == fold['train'] + fold['validation']
+  assert refit['n_train'] == 48 and val['n_train'] == 32
+  assert not set(refit['fit_actors']) & set(fold['test'])
+  with pytest.raises(ValueError, match='unknown protocol'):
+    baselines.run_fold('lr', 'loo', fold, x, y, actors)
+
+
 @pytest.mark.skipif(not os.path.isdir(RAVDESS), reason='RAVDESS sample data absent')
 def test_feature_groups_pick_their_statistics():
   import soundfile as sf

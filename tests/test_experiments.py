@@ -207,6 +207,42 @@ def test_runner_warm_start_refs_and_dependencies(tmp_path):
   assert not os.path.exists(tmp_path / 'fused' / 'log.txt')  # never started
 
 
+def test_refit_from_a_validated_run(tmp_path):
+  """--refit_from: each fold trains on its training and validation groups for the median
+  of the epochs its validation chose over the seeds; the test groups choose nothing."""
+  from absl import app as absl_app
+  from absl import flags
+  from experiments import run
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  src = tmp_path / 'src'
+  for fold, best_steps in ((0, (21, 35, 63)), (1, (7, 70, 14))):
+    for seed, best in enumerate(best_steps):
+      d = src / 'avt_ca.py_tiny' / f'fold{fold}_seed{seed}'
+      d.mkdir(parents=True)
+      # 7 steps per epoch; seed 2 of fold 1 stopped early after 4 epochs.
+      steps, epochs = (28, 4) if (fold, seed) == (1, 2) else (70, 10)
+      (d / 'results.json').write_text(json.dumps(
+          {'steps': steps, 'epochs': epochs, 'best_step': best}))
+  assert run.refit_epochs(str(src), 'avt_ca.py_tiny', 0, [0, 1, 2]) == (5, [3, 5, 9])
+  assert run.refit_epochs(str(src), 'avt_ca.py_tiny', 1, [0, 1, 2]) == (2, [1, 10, 2])
+  with pytest.raises(absl_app.UsageError, match='is missing'):
+    run.refit_epochs(str(src), 'avt_ca.py_tiny', 0, [0, 3])
+  out = wh.run_module('experiments.run', f'--config={wh.TINY}', '--name=rf',
+                      f'--root={tmp_path / "runs"}', '--folds=2', '--seeds=0,1,2',
+                      f'--refit_from={src}', '--dry_run').stdout
+  cmds = [line for line in out.splitlines() if 'mer_jax.main' in line]
+  assert len(cmds) == 6
+  for line in cmds:
+    assert '--config.dataset.fold.val_groups=0' in line
+    assert '--config.train.early_stopping_patience=0' in line
+    epochs = 5 if '--config.dataset.fold.index=0' in line else 2
+    assert f'--config.train.num_epochs={epochs} --config.train.eval_every_epochs={epochs}' in line
+  plan = json.loads((tmp_path / 'runs' / 'rf' / 'refit_plan.json').read_text())['plan']
+  assert plan['avt_ca.py_tiny']['1'] == {'epochs': 2,
+                                         'best_epochs_by_seed': {'0': 1, '1': 10, '2': 2}}
+
+
 def test_score_fusion_weight_chosen_on_validation():
   from experiments import late_fusion
   rng = np.random.default_rng(0)

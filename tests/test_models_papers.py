@@ -203,6 +203,21 @@ def test_mmt_ca_audio_input_stats_reach_the_classifier():
                              rtol=1e-4, atol=1e-4)
   loss, aux = models.get('mmt_ca').loss_fn(out, batch, config.loss)
   assert np.isfinite(float(aux['ce_audio_stats'])) and float(loss) > float(aux['ce_audio_stats'])
+  # deep_weight: the sequence branch's own CE (its logits without the statistics') joins.
+  np.testing.assert_allclose(out['audio_deep_logits'],
+                             out['audio_logits'] - out['audio_stats_logits'], rtol=1e-5, atol=1e-5)
+  assert 'ce_audio_deep' not in aux
+  deep_cfg = config.loss.copy_and_resolve_references()
+  deep_cfg.deep_weight = 2.0
+  loss2, aux2 = models.get('mmt_ca').loss_fn(out, batch, deep_cfg)
+  np.testing.assert_allclose(float(loss2), float(loss) + 2.0 * float(aux2['ce_audio_deep']),
+                             rtol=1e-5)
+  # stats_l2: a penalty on the statistics classifier's kernel, like a logistic regression's.
+  l2_cfg = config.loss.copy_and_resolve_references()
+  l2_cfg.stats_l2 = 0.5
+  loss3, _ = models.get('mmt_ca').loss_fn(out, batch, l2_cfg)
+  np.testing.assert_allclose(float(loss3), float(loss) + 0.5 * float(np.sum(sc['kernel'] ** 2)),
+                             rtol=1e-5)
   # Functionals: + every feature's slope, + p10/p50/p90 and range of the listed features.
   fn = ens.clone(audio_stats_slope=True, audio_stats_percentiles=(0, -1))
   fv = _init(fn, batch)

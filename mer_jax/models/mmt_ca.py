@@ -219,6 +219,10 @@ class MMTCA(nn.Module):
       if self.audio_input_stats == 'ensemble':
         out['audio_stats_logits'] = self._classify(a_stats * m_a[:, None], train,
                                                    'audio_stats_classifier')
+        # Its squared weight norm, for an L2 penalty like a logistic regression's (loss.stats_l2).
+        out['audio_stats_sq_norm'] = jnp.sum(
+            self.variables['params']['audio_stats_classifier']['kernel'] ** 2)
+        out['audio_deep_logits'] = out['audio_logits']
         out['audio_logits'] = out['audio_logits'] + out['audio_stats_logits']
     if self.head in ('face', 'fused'):
       m_v = bc.modality_mask(batch, 'video')
@@ -273,7 +277,9 @@ class MMTCA(nn.Module):
 
 def loss(outputs, batch, loss_config):
   """CE on the decision plus `unimodal_weight` x CE of each unimodal head present
-  (and `stats_weight` x CE of the audio statistics' classifier, if there is one).
+  (and `stats_weight` x CE of the audio statistics' classifier, if there is one, with
+  `stats_l2` x its squared kernel norm, and `deep_weight` x CE of the audio sequence
+  branch without it).
 
   The unimodal terms keep each branch a classifier of its own, which late and
   hybrid fusion combine; a modality missing from an example adds nothing.
@@ -286,6 +292,16 @@ def loss(outputs, batch, loss_config):
                                losses.cfg_get(loss_config, 'soft_labels', False))
     aux['ce_audio_stats'] = term
     total = total + losses.cfg_get(loss_config, 'stats_weight', 1.0) * term
+    l2 = losses.cfg_get(loss_config, 'stats_l2', 0.0)
+    if l2:
+      aux['stats_l2'] = l2 * outputs['audio_stats_sq_norm']
+      total = total + aux['stats_l2']
+    w_deep = losses.cfg_get(loss_config, 'deep_weight', 0.0)
+    if w_deep:  # the sequence branch alone, so it is not left to lean on the statistics
+      term = losses.auxiliary_ce(outputs, batch, 'audio_deep_logits', 'audio', smoothing,
+                                 losses.cfg_get(loss_config, 'soft_labels', False))
+      aux['ce_audio_deep'] = term
+      total = total + w_deep * term
   w = losses.cfg_get(loss_config, 'unimodal_weight', 0.0)
   for key, modality in (('audio_logits', 'audio'), ('face_logits', 'video')):
     if w and key in outputs:
