@@ -82,6 +82,16 @@ def fit_select(x_tr, y_tr, x_val, y_val, num_classes: int, grid=C_GRID):
   return best
 
 
+def refit(x_tr, y_tr, x_val, y_val, c: float):
+  """The LR with the chosen C fitted again on the training and validation clips together
+  (the `refit` protocol of experiments.baselines and experiments.run --refit_from)."""
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.pipeline import make_pipeline
+  from sklearn.preprocessing import StandardScaler
+  model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
+  return model.fit(np.concatenate([x_tr, x_val]), np.concatenate([y_tr, y_val]))
+
+
 def _statistics(args, config):
   """(slope, percentile feature indices) from the flags, else from the config's model."""
   model = config.model
@@ -110,6 +120,9 @@ def main(argv=None):
   p.add_argument('--percentiles', default='config',
                  help="feature indices (may be < 0) given p10/p50/p90/range, 'all', 'none' "
                       "or 'config' (the model's audio_stats_percentiles)")
+  p.add_argument('--protocol', choices=('val', 'refit'), default='val',
+                 help='val: report the LR fitted on the training actors; refit: the same C '
+                      'refitted on the training and validation actors')
   args = p.parse_args(argv)
 
   from data_pipelines import input_pipeline
@@ -128,6 +141,8 @@ def main(argv=None):
     sets = {role: split_stats(data, role, config.input.audio_norm, slope, pcts)
             for role in ('train', 'val', 'test')}
     model, c, val_uar = fit_select(*sets['train'], *sets['val'], n)
+    if args.protocol == 'refit':
+      model = refit(*sets['train'], *sets['val'], c)
     x_te, y_te = sets['test']
     pred = model.predict(x_te)
     plan = data.fold_plan or {}
@@ -148,7 +163,9 @@ def main(argv=None):
       f', percentiles of features {pcts if isinstance(pcts, str) else list(pcts)}'
       if len(pcts) else '')
   lines = [f'Logistic regression on the {what} over time of the input of `{args.config}` '
-           f'({folds[0]["num_features"]} statistics), C on the validation actor by UAR.', '',
+           f'({folds[0]["num_features"]} statistics), C on the validation actor by UAR'
+           + (', then refitted on the training and validation actors.' if args.protocol == 'refit'
+              else '.'), '',
            '| fold | test actors | C | val UAR | test acc | test UAR |', '|---|---|---|---|---|---|']
   for f in folds:
     lines.append(f'| {f["fold"]} | {f["test_groups"]} | {f["C"]} | {100 * f["val_uar"]:.1f} | '
@@ -158,6 +175,7 @@ def main(argv=None):
                f'{100 * summary["uar"][0]:.1f} ± {100 * summary["uar"][1]:.1f} |')
   table = '\n'.join(lines) + '\n'
   baselines.write_results(args.out, table, {'config': args.config, 'slope': slope,
+                                            'protocol': args.protocol,
                                             'percentiles': pcts if isinstance(pcts, str) else list(pcts), 'folds': folds,
                                             'summary': summary})
   print(table)

@@ -138,3 +138,7 @@ def test_input_stats_ignore_padding_and_select_on_validation():
   model, c, val_uar = isb.fit_select(xs[::2], ys[::2], xs[1::2], ys[1::2], 2)
   assert c in isb.C_GRID and val_uar > 0.9
   assert np.mean(model.predict(xs[1::2]) == ys[1::2]) > 0.9
+  # refit: the same C on training and validation clips together (scaler included).
+  both = isb.refit(xs[::2], ys[::2], xs[1::2], ys[1::2], c)
+  assert both.named_steps['logisticregression'].C == c
+  np.testing.assert_allclose(both.named_steps['standardscaler'].mean_, xs.mean(0), rtol=1e-6)
