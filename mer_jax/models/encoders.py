@@ -109,28 +109,26 @@ class LocalFeatureExtractor(nn.Module):
                                  dtype=self.dtype)(out, train)
 
   def _patches_at_once(self, x, g, ph, pw, train):
-    # All g*g patch convolutions as one set of shifted multiply-adds on a
-    # [N, g, ph, g, pw, C] view (zero padding per patch), instead of g*g slices
-    # and concatenations whose gradients XLA:CPU runs slowly. Same parameters.
+    # All g*g patch convolutions as one depthwise conv over [N, ph, pw, g*g*C] (each
+    # patch's channels stacked, so SAME padding is the per-patch zero padding), through
+    # the custom-gradient shifted form: autodiff of shifted slices would keep every
+    # shifted copy for the backward (9 maps) and XLA:CPU runs the slices' gradients
+    # slowly. Same parameters and values as the per-patch path.
     n, _, _, c = x.shape
     kernels = jnp.stack([jnp.stack([
         _DepthwiseKernel(3, c, name=f'dw_{i}{j}')()[:, :, 0] for j in range(g)], 2)
         for i in range(g)], 2).astype(self.dtype)  # [3, 3, g, g, C]
-    xr = x.astype(self.dtype).reshape(n, g, ph, g, pw, c)
-    xp = jnp.pad(xr, ((0, 0), (0, 0), (1, 1), (0, 0), (1, 1), (0, 0)))
-    y = None
-    for a in range(3):
-      for b in range(3):
-        term = xp[:, :, a:a + ph, :, b:b + pw, :] * kernels[a, b][None, :, None, :, None, :]
-        y = term if y is None else y + term
-    # Materialise y once; otherwise each patch's BatchNorm slice recomputes the sum.
-    y = jax.lax.optimization_barrier(y)
+    xs = x.astype(self.dtype).reshape(n, g, ph, g, pw, c).transpose(0, 2, 4, 1, 3, 5)
+    y = layers.depthwise_conv_shifted(xs.reshape(n, ph, pw, g * g * c),
+                                      kernels.reshape(3, 3, 1, g * g * c), 1)
+    # Materialised once; otherwise each patch's BatchNorm slice recomputes the sum.
+    y = jax.lax.optimization_barrier(y).reshape(n, ph, pw, g, g, c)
     cols = []
     for i in range(g):
       row = []
       for j in range(g):
         p = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
-                         name=f'bn_{i}{j}')(y[:, i, :, j])
+                         name=f'bn_{i}{j}')(y[:, :, :, i, j])
         row.append(nn.relu(p))
       cols.append(jnp.stack(row, axis=2))  # [N, ph, g, pw, C]
     return jnp.stack(cols, axis=1).reshape(n, g * ph, g * pw, c)

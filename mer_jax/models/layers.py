@@ -86,12 +86,33 @@ def _depthwise_fwd(xp, kernel, stride, out_hw):
 def _depthwise_bwd(stride, out_hw, res, g):
   xp, kernel = res
   k = kernel.shape[0]
-  dxp, dk = None, []
-  for (i, j), patch in _window_slices(xp, (k, k), (stride, stride), out_hw):
-    dk.append(jnp.sum(g * patch, axis=(0, 1, 2), dtype=jnp.float32))
-    d = _unslice(g * kernel[i, j, 0], (i, j), (stride, stride), xp.shape[1:3])
-    dxp = d if dxp is None else dxp + d
-  dk = jnp.stack(dk).reshape(kernel.shape).astype(kernel.dtype)
+  n, hp, wp, c = xp.shape
+  span = ((out_hw[0] - 1) * stride + 1, (out_hw[1] - 1) * stride + 1)
+
+  # The kernel gradient one offset at a time: XLA:CPU materialises each shifted copy
+  # for its reduction and, unrolled, keeps all k*k of them live at once.
+  def one_offset(t, acc):
+    window = jax.lax.dynamic_slice(xp, (0, t // k, t % k, 0), (n, *span, c))
+    patch = window[:, ::stride, ::stride] if stride > 1 else window
+    return acc.at[t].set(jnp.sum(g * patch, axis=(0, 1, 2), dtype=jnp.float32))
+
+  dk = jax.lax.fori_loop(0, k * k, one_offset, jnp.zeros((k * k, c), jnp.float32))
+  dk = dk.reshape(kernel.shape).astype(kernel.dtype)
+  dxp = None
+  if stride == 1:
+    # The input gradient in the forward's form: k*k shifted slices of one padded g,
+    # multiplied and summed, which XLA fuses into one pass.
+    gp = jnp.pad(g, ((0, 0), (k - 1, k - 1), (k - 1, k - 1), (0, 0)))
+    for i in range(k):
+      for j in range(k):
+        d = jax.lax.slice(gp, (0, k - 1 - i, k - 1 - j, 0),
+                          (n, k - 1 - i + hp, k - 1 - j + wp, c)) * kernel[i, j, 0]
+        dxp = d if dxp is None else dxp + d
+  else:
+    for i in range(k):
+      for j in range(k):
+        d = _unslice(g * kernel[i, j, 0], (i, j), (stride, stride), (hp, wp))
+        dxp = d if dxp is None else dxp + d
   return dxp, dk
 
 
