@@ -168,9 +168,38 @@ def conv2d_im2col(x: Array, kernel: Array, strides=(1, 1), padding: Any = 'SAME'
   xp = jnp.pad(x, ((0, 0),) + pads + ((0, 0),))
   out_h = (xp.shape[1] - kh) // sh + 1
   out_w = (xp.shape[2] - kw) // sw + 1
-  patches = jnp.concatenate(
-      [p for _, p in _window_slices(xp, (kh, kw), (sh, sw), (out_h, out_w))], axis=-1)
-  return jnp.einsum('nhwk,kd->nhwd', patches, kernel.reshape(kh * kw * cin, -1))
+  return _patch_matmul(xp, kernel.reshape(kh * kw * cin, -1), (kh, kw), (sh, sw),
+                       (out_h, out_w))
+
+
+def _patches(xp, window, stride, out_hw):
+  return jnp.concatenate([p for _, p in _window_slices(xp, window, stride, out_hw)], axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _patch_matmul(xp, kernel, window, stride, out_hw):
+  return jnp.einsum('nhwk,kd->nhwd', _patches(xp, window, stride, out_hw), kernel)
+
+
+def _patch_matmul_fwd(xp, kernel, window, stride, out_hw):
+  # Keeps the (padded) input, not the k*k-times larger patches: the backward rebuilds them.
+  return _patch_matmul(xp, kernel, window, stride, out_hw), (xp, kernel)
+
+
+def _patch_matmul_bwd(window, stride, out_hw, res, g):
+  xp, kernel = res
+  patches = _patches(xp, window, stride, out_hw)
+  dk = jnp.einsum('nhwk,nhwd->kd', patches, g)
+  dpatches = jnp.einsum('nhwd,kd->nhwk', g, kernel)
+  cin = xp.shape[-1]
+  dxp = None  # dead code where x is data, as the stem's input is
+  for t, (offset, _) in enumerate(_window_slices(xp, window, stride, out_hw)):
+    d = _unslice(dpatches[..., t * cin:(t + 1) * cin], offset, stride, xp.shape[1:3])
+    dxp = d if dxp is None else dxp + d
+  return dxp, dk
+
+
+_patch_matmul.defvjp(_patch_matmul_fwd, _patch_matmul_bwd)
 
 
 def _max_and_index(xp, window, stride, out_hw):
