@@ -90,6 +90,16 @@ def test_im2col_conv_equals_xla(strides, padding, size):
            for impl, m in mods.items()}
   for a, b in zip(jax.tree.leaves(grads['xla']), jax.tree.leaves(grads['matmul'])):
     np.testing.assert_allclose(a, b, atol=1e-4)
+  # The kernel gradient summed over chunks of examples equals the one-matmul gradient.
+  whole = jax.grad(lambda p: jnp.sum(jnp.sin(mods['matmul'].apply(p, x))))(params)
+  old = layers._PATCH_GRAD_CHUNK
+  try:
+    layers._PATCH_GRAD_CHUNK = 1
+    chunked = jax.grad(lambda p: jnp.sum(jnp.sin(mods['matmul'].apply(p, x))))(params)
+  finally:
+    layers._PATCH_GRAD_CHUNK = old
+  for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(chunked)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   # Same parameter tree as the nn.Conv it replaces inside ConvBNAct.
   ref = nn.Conv(4, (3, 3), strides, padding, use_bias=False).init(jax.random.PRNGKey(1), x)
   assert jax.tree.map(jnp.shape, ref) == jax.tree.map(jnp.shape, params)

@@ -172,6 +172,9 @@ def conv2d_im2col(x: Array, kernel: Array, strides=(1, 1), padding: Any = 'SAME'
                        (out_h, out_w))
 
 
+_PATCH_GRAD_CHUNK = 16  # examples per kernel-gradient matmul of `conv2d_im2col`
+
+
 def _patches(xp, window, stride, out_hw):
   return jnp.concatenate([p for _, p in _window_slices(xp, window, stride, out_hw)], axis=-1)
 
@@ -188,8 +191,17 @@ def _patch_matmul_fwd(xp, kernel, window, stride, out_hw):
 
 def _patch_matmul_bwd(window, stride, out_hw, res, g):
   xp, kernel = res
-  patches = _patches(xp, window, stride, out_hw)
-  dk = jnp.einsum('nhwk,nhwd->kd', patches, g)
+  n = xp.shape[0]
+  # The kernel gradient over chunks of examples: the whole patch matrix and the
+  # transpose XLA makes of it for one matmul would be two k*k-channel copies of the input.
+  chunk = max(c for c in range(1, min(n, _PATCH_GRAD_CHUNK) + 1) if n % c == 0)
+
+  def one_chunk(t, acc):
+    xc = jax.lax.dynamic_slice_in_dim(xp, t * chunk, chunk, axis=0)
+    gc = jax.lax.dynamic_slice_in_dim(g, t * chunk, chunk, axis=0)
+    return acc + jnp.einsum('nhwk,nhwd->kd', _patches(xc, window, stride, out_hw), gc)
+
+  dk = jax.lax.fori_loop(0, n // chunk, one_chunk, jnp.zeros(kernel.shape, g.dtype))
   dpatches = jnp.einsum('nhwd,kd->nhwk', g, kernel)
   cin = xp.shape[-1]
   dxp = None  # dead code where x is data, as the stem's input is
