@@ -199,9 +199,11 @@ def _patch_matmul_bwd(window, stride, out_hw, res, g):
   def one_chunk(t, acc):
     xc = jax.lax.dynamic_slice_in_dim(xp, t * chunk, chunk, axis=0)
     gc = jax.lax.dynamic_slice_in_dim(g, t * chunk, chunk, axis=0)
-    return acc + jnp.einsum('nhwk,nhwd->kd', _patches(xc, window, stride, out_hw), gc)
+    return acc + jnp.einsum('nhwk,nhwd->kd', _patches(xc, window, stride, out_hw), gc,
+                            preferred_element_type=jnp.float32)
 
-  dk = jax.lax.fori_loop(0, n // chunk, one_chunk, jnp.zeros(kernel.shape, g.dtype))
+  dk = jax.lax.fori_loop(0, n // chunk, one_chunk, jnp.zeros(kernel.shape, jnp.float32))
+  dk = dk.astype(kernel.dtype)
   dpatches = jnp.einsum('nhwd,kd->nhwk', g, kernel)
   cin = xp.shape[-1]
   dxp = None  # dead code where x is data, as the stem's input is
