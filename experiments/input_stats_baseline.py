@@ -66,16 +66,20 @@ def split_stats(data, role: str, audio_norm: str, slope: bool = False, percentil
   return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
 
 
-def fit_select(x_tr, y_tr, x_val, y_val, num_classes: int, grid=C_GRID):
-  """The LR (standardised on the training clips) with the best validation UAR
-  (ties: the smaller C, the stronger regularisation). -> (model, C, val UAR)."""
+def _model(c: float):
+  """Standardisation (fitted with the model) + logistic regression with inverse penalty C."""
   from sklearn.linear_model import LogisticRegression
   from sklearn.pipeline import make_pipeline
   from sklearn.preprocessing import StandardScaler
+  return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
+
+
+def fit_select(x_tr, y_tr, x_val, y_val, num_classes: int, grid=C_GRID):
+  """The LR (standardised on the training clips) with the best validation UAR
+  (ties: the smaller C, the stronger regularisation). -> (model, C, val UAR)."""
   best = None
   for c in grid:
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
-    model.fit(x_tr, y_tr)
+    model = _model(c).fit(x_tr, y_tr)
     u = baselines.uar(y_val, model.predict(x_val), num_classes)
     if best is None or u > best[2]:
       best = (model, c, u)
@@ -85,11 +89,7 @@ def fit_select(x_tr, y_tr, x_val, y_val, num_classes: int, grid=C_GRID):
 def refit(x_tr, y_tr, x_val, y_val, c: float):
   """The LR with the chosen C fitted again on the training and validation clips together
   (the `refit` protocol of experiments.baselines and experiments.run --refit_from)."""
-  from sklearn.linear_model import LogisticRegression
-  from sklearn.pipeline import make_pipeline
-  from sklearn.preprocessing import StandardScaler
-  model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
-  return model.fit(np.concatenate([x_tr, x_val]), np.concatenate([y_tr, y_val]))
+  return _model(c).fit(np.concatenate([x_tr, x_val]), np.concatenate([y_tr, y_val]))
 
 
 def _statistics(args, config):
