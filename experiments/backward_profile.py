@@ -167,6 +167,33 @@ def profile_blocks(config, batch_size: int, impl: str, repeats: int) -> list[dic
   return rows
 
 
+def _op_paths(hlo: str) -> dict[str, str]:
+  """HLO instruction name -> model path (op_name metadata). A fusion without its own
+  metadata (XLA:CPU's library-call fusions) takes the first path inside its computation."""
+  where, calls, first_in = {}, {}, {}
+  comp = None
+  for line in hlo.splitlines():
+    head = re.match(r'\s*(?:ENTRY )?%?([\w.\-]+) [(.*{]?.*\{\s*$', line)
+    if head and ' = ' not in line:
+      comp = head.group(1)
+      continue
+    m = re.match(r'\s*(?:ROOT )?%?([\w.\-]+) = ', line)
+    if not m:
+      continue
+    path = re.search(r'op_name="([^"]*)"', line)
+    if path:
+      where.setdefault(m.group(1), path.group(1))
+      if comp is not None:
+        first_in.setdefault(comp, path.group(1))
+    c = re.search(r'calls=%?([\w.\-]+)', line)
+    if c:
+      calls[m.group(1)] = c.group(1)
+  for name, called in calls.items():
+    if name not in where and called in first_in:
+      where[name] = first_in[called]
+  return where
+
+
 def trace_top(config, batch_size: int, top: int, trace_dir: str = '/tmp/backward_profile_trace'):
   """Time per XLA op of one value_and_grad step from a jax.profiler trace.
 
@@ -179,11 +206,7 @@ def trace_top(config, batch_size: int, top: int, trace_dir: str = '/tmp/backward
   from jax.profiler import ProfileData
   loss, params, batch = _model_loss(config, batch_size)
   compiled = jax.jit(jax.value_and_grad(loss)).lower(params, batch).compile()
-  where = {}
-  for line in compiled.as_text().splitlines():
-    m = re.match(r'\s*(?:ROOT )?%?([\w.\-]+) = .*op_name="([^"]*)"', line)
-    if m:
-      where.setdefault(m.group(1), m.group(2))
+  where = _op_paths(compiled.as_text())
   jax.block_until_ready(compiled(params, batch))
   shutil.rmtree(trace_dir, ignore_errors=True)
   with jax.profiler.trace(trace_dir):
@@ -195,7 +218,9 @@ def trace_top(config, batch_size: int, top: int, trace_dir: str = '/tmp/backward
       if line.name == 'python':
         continue
       for ev in line.events:
-        if ev.name in where:  # XLA ops only; thunk-executor and Python events overlap them
+        # XLA ops only: thunk-executor and Python events overlap them.
+        if ev.name in where or re.match(r'[\w\-]+\.\d+$', ev.name) and not ev.name.startswith(
+            ('ThunkExecutor', 'SlinkyThreadPool')):
           per_op[ev.name] += ev.duration_ns / 1e6
   total = sum(per_op.values())
 

@@ -78,10 +78,13 @@ def test_depthwise_gradients_equal_xla(stride, size):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+# Three input channels take the im2col forward (patch 27 < IM2COL_MAX_PATCH), eight the
+# library forward with the patch-matmul kernel gradient (`layers.conv2d`).
+@pytest.mark.parametrize('cin', [3, 8])
 @pytest.mark.parametrize('strides,padding,size', [(2, 'SAME', 9), (2, 'SAME', 8), (1, 'VALID', 7),
                                                   (1, ((1, 1), (1, 1)), 6), ((2, 1), 'SAME', 7)])
-def test_im2col_conv_equals_xla(strides, padding, size):
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size + 1, 3))
+def test_im2col_conv_equals_xla(strides, padding, size, cin, monkeypatch):
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, size, size + 1, cin))
   mods = {impl: layers.Conv(4, (3, 3), strides, padding, impl=impl) for impl in ('xla', 'matmul')}
   params = mods['xla'].init(jax.random.PRNGKey(1), x)
   np.testing.assert_allclose(mods['xla'].apply(params, x), mods['matmul'].apply(params, x),
@@ -91,15 +94,35 @@ def test_im2col_conv_equals_xla(strides, padding, size):
   for a, b in zip(jax.tree.leaves(grads['xla']), jax.tree.leaves(grads['matmul'])):
     np.testing.assert_allclose(a, b, atol=1e-4)
   # The kernel gradient summed over chunks of examples equals the one-matmul gradient.
-  whole = jax.grad(lambda p: jnp.sum(jnp.sin(mods['matmul'].apply(p, x))))(params)
-  old = layers._PATCH_GRAD_CHUNK
-  try:
-    layers._PATCH_GRAD_CHUNK = 1
-    chunked = jax.grad(lambda p: jnp.sum(jnp.sin(mods['matmul'].apply(p, x))))(params)
-  finally:
-    layers._PATCH_GRAD_CHUNK = old
-  for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(chunked)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  grad = jax.grad(lambda p: jnp.sum(jnp.sin(mods['matmul'].apply(p, x))))
+  monkeypatch.setattr(layers, '_PATCH_GRAD_BYTES', 1 << 40)
+  whole = grad(params)
+  for chunk in (1, 2):
+    monkeypatch.setattr(layers, '_PATCH_GRAD_CHUNK', chunk)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(grad(params))):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   # Same parameter tree as the nn.Conv it replaces inside ConvBNAct.
   ref = nn.Conv(4, (3, 3), strides, padding, use_bias=False).init(jax.random.PRNGKey(1), x)
   assert jax.tree.map(jnp.shape, ref) == jax.tree.map(jnp.shape, params)
+
+
+def test_grad_chunk_keeps_patches_within_budget(monkeypatch):
+  monkeypatch.setattr(layers, '_PATCH_GRAD_CHUNK', 16)
+  monkeypatch.setattr(layers, '_PATCH_GRAD_BYTES', 6 << 20)
+  assert layers._grad_chunk(30, 56 * 56 * 576 * 4) == 1  # 7 MiB per example
+  assert layers._grad_chunk(30, 14 * 14 * 2304 * 4) == 3  # 1.7 MiB: 3 divides 30
+  assert layers._grad_chunk(120, 1000) == 15  # capped at 16, a divisor of 120
+  assert layers._grad_chunk(7, 10) == 7
+
+
+@pytest.mark.parametrize('size', [8, 9, 112])
+def test_max_pool_explicit_padding_equals_reduce_window(size):
+  # ResNet's 3x3/2 pool pads one on every side, not SAME's (0, 1) on even sizes.
+  x = jnp.round(jax.random.normal(jax.random.PRNGKey(0), (2, size, size, 3)) * 2)
+  pad = ((1, 1), (1, 1))
+  ref = lambda x: nn.max_pool(x, (3, 3), (2, 2), padding=pad)
+  got = lambda x: layers.max_pool_2d(x, 3, 2, impl='matmul', padding=pad)
+  np.testing.assert_array_equal(ref(x), got(x))
+  w = jnp.arange(3.)
+  np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(ref(x) ** 2 * w))(x),
+                                jax.grad(lambda x: jnp.sum(got(x) ** 2 * w))(x))

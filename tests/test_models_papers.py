@@ -340,6 +340,29 @@ def test_resnet_import_round_trip(tmp_path):
   chex.assert_trees_all_close(loaded, jax.device_get(variables))
 
 
+def test_resnet_matmul_impl_equals_xla():
+  """Custom-gradient convs and max-pool (CPU) give XLA's outputs, gradients and
+  batch statistics, with the same variables."""
+  from mer_jax.models import resnet
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 32, 30, 3))
+  nets = {impl: resnet.ResNet((1, 1), (8, 16), num_classes=5, impl=impl)
+          for impl in ('xla', 'matmul')}
+  variables = nets['xla'].init(jax.random.PRNGKey(1), x, train=False)
+  chex.assert_trees_all_equal_shapes(variables, nets['matmul'].init(jax.random.PRNGKey(1), x,
+                                                                    train=False))
+
+  def loss(params, impl):
+    y, upd = nets[impl].apply({**variables, 'params': params}, x, train=True,
+                              mutable=['batch_stats'])
+    return jnp.sum(jnp.sin(y)), upd
+
+  (la, sa), ga = jax.value_and_grad(loss, has_aux=True)(variables['params'], 'xla')
+  (lb, sb), gb = jax.value_and_grad(loss, has_aux=True)(variables['params'], 'matmul')
+  np.testing.assert_allclose(la, lb, rtol=1e-5)
+  chex.assert_trees_all_close(sa, sb, atol=1e-5)
+  chex.assert_trees_all_close(ga, gb, atol=2e-5, rtol=1e-4)
+
+
 def test_resnet18_matches_torchvision(tmp_path):
   try:
     import torch

@@ -81,6 +81,7 @@ class Conv2DAudioEncoder(nn.Module):
   channels: Sequence[int] = (64, 128, 256, 128)
   kernel_size: int = 3
   padding: str = 'VALID'
+  impl: str = 'xla'  # layers.Conv: 'matmul' takes kernel gradients as patch matmuls (CPU)
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -91,7 +92,7 @@ class Conv2DAudioEncoder(nn.Module):
       x = x * valid[:, :, None, None].astype(x.dtype)
       if self.padding == 'VALID':
         valid = _all_valid(valid, k, 1)
-      x = layers.ConvBNAct(c, (k, k), padding=self.padding, dtype=self.dtype)(
+      x = layers.ConvBNAct(c, (k, k), padding=self.padding, impl=self.impl, dtype=self.dtype)(
           x, train, mask=valid[:, :, None, None])
       x = nn.max_pool(x, (2, 1), (2, 1))
       valid = _all_valid(valid, 2, 2)
@@ -220,7 +221,8 @@ class ATTSFNet(nn.Module):
     # Audio: 2-D CNN, then LSTM (or Linear) to d, then the common length L.
     dt = jnp.dtype(self.dtype)
     # The forward LSTM's outputs at real steps never see the padding after them.
-    a, a_valid = Conv2DAudioEncoder(self.audio_channels, dtype=dt, name='audio_cnn')(
+    a, a_valid = Conv2DAudioEncoder(self.audio_channels, impl=self.impl, dtype=dt,
+                                      name='audio_cnn')(
         batch['audio'], train, bc.time_valid(batch, 'audio'))
     a = a.astype(jnp.float32)
     if self.audio_align == 'lstm':

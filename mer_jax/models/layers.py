@@ -148,6 +148,15 @@ def _unslice(g: Array, offset: tuple[int, int], stride: tuple[int, int], padded_
   return jax.lax.pad(g, zero, cfg + [(0, 0, 0)])
 
 
+def _conv_pads(padding: Any, hw: tuple[int, int], k: tuple[int, int],
+               stride: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+  if padding == 'SAME':
+    return tuple(_same_pads(hw[a], k[a], stride[a]) for a in range(2))
+  if padding == 'VALID':
+    return ((0, 0), (0, 0))
+  return tuple(tuple(p) for p in padding)
+
+
 def conv2d_im2col(x: Array, kernel: Array, strides=(1, 1), padding: Any = 'SAME') -> Array:
   """2-D convolution as patches (k*k strided slices stacked on channels) times a matrix.
 
@@ -159,12 +168,7 @@ def conv2d_im2col(x: Array, kernel: Array, strides=(1, 1), padding: Any = 'SAME'
   kh, kw = kernel.shape[:2]
   sh, sw = (strides, strides) if isinstance(strides, int) else tuple(strides)
   n, h, w, cin = x.shape
-  if padding == 'SAME':
-    pads = (_same_pads(h, kh, sh), _same_pads(w, kw, sw))
-  elif padding == 'VALID':
-    pads = ((0, 0), (0, 0))
-  else:
-    pads = tuple(tuple(p) for p in padding)
+  pads = _conv_pads(padding, (h, w), (kh, kw), (sh, sw))
   xp = jnp.pad(x, ((0, 0),) + pads + ((0, 0),))
   out_h = (xp.shape[1] - kh) // sh + 1
   out_w = (xp.shape[2] - kw) // sw + 1
@@ -172,11 +176,38 @@ def conv2d_im2col(x: Array, kernel: Array, strides=(1, 1), padding: Any = 'SAME'
                        (out_h, out_w))
 
 
-_PATCH_GRAD_CHUNK = 16  # examples per kernel-gradient matmul of `conv2d_im2col`
+# The kernel gradient of `conv2d_im2col` and `conv2d` is summed over chunks of
+# examples whose patch matrix stays within a few MiB: one patch matrix for the whole
+# batch (k*k copies of the input) is slower than the library's own gradient, one
+# example at a time at 56x56 and above is 2-3x faster than it (AMD EPYC, AVX-512;
+# experiments/results/backward_profile.md, section 13).
+_PATCH_GRAD_CHUNK = 16  # at most this many examples per chunk
+_PATCH_GRAD_BYTES = 6 << 20  # and at most this many bytes of patches per chunk
+
+
+def _grad_chunk(n: int, example_bytes: int) -> int:
+  cap = max(1, min(n, _PATCH_GRAD_CHUNK, _PATCH_GRAD_BYTES // max(example_bytes, 1)))
+  return max(c for c in range(1, cap + 1) if n % c == 0)
 
 
 def _patches(xp, window, stride, out_hw):
   return jnp.concatenate([p for _, p in _window_slices(xp, window, stride, out_hw)], axis=-1)
+
+
+def _patch_kernel_grad(xp, g, window, stride, out_hw, kernel_shape, dtype):
+  """sum over examples of patches(xp)^T g, [kh*kw*Cin, Cout], in chunks of examples
+  (float32 accumulation)."""
+  n = xp.shape[0]
+  chunk = _grad_chunk(n, out_hw[0] * out_hw[1] * kernel_shape[0] * xp.dtype.itemsize)
+
+  def one_chunk(t, acc):
+    xc = jax.lax.dynamic_slice_in_dim(xp, t * chunk, chunk, axis=0)
+    gc = jax.lax.dynamic_slice_in_dim(g, t * chunk, chunk, axis=0)
+    return acc + jnp.einsum('nhwk,nhwd->kd', _patches(xc, window, stride, out_hw), gc,
+                            preferred_element_type=jnp.float32)
+
+  dk = jax.lax.fori_loop(0, n // chunk, one_chunk, jnp.zeros(kernel_shape, jnp.float32))
+  return dk.astype(dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -191,19 +222,7 @@ def _patch_matmul_fwd(xp, kernel, window, stride, out_hw):
 
 def _patch_matmul_bwd(window, stride, out_hw, res, g):
   xp, kernel = res
-  n = xp.shape[0]
-  # The kernel gradient over chunks of examples: the whole patch matrix and the
-  # transpose XLA makes of it for one matmul would be two k*k-channel copies of the input.
-  chunk = max(c for c in range(1, min(n, _PATCH_GRAD_CHUNK) + 1) if n % c == 0)
-
-  def one_chunk(t, acc):
-    xc = jax.lax.dynamic_slice_in_dim(xp, t * chunk, chunk, axis=0)
-    gc = jax.lax.dynamic_slice_in_dim(g, t * chunk, chunk, axis=0)
-    return acc + jnp.einsum('nhwk,nhwd->kd', _patches(xc, window, stride, out_hw), gc,
-                            preferred_element_type=jnp.float32)
-
-  dk = jax.lax.fori_loop(0, n // chunk, one_chunk, jnp.zeros(kernel.shape, jnp.float32))
-  dk = dk.astype(kernel.dtype)
+  dk = _patch_kernel_grad(xp, g, window, stride, out_hw, kernel.shape, kernel.dtype)
   dpatches = jnp.einsum('nhwd,kd->nhwk', g, kernel)
   cin = xp.shape[-1]
   dxp = None  # dead code where x is data, as the stem's input is
@@ -214,6 +233,42 @@ def _patch_matmul_bwd(window, stride, out_hw, res, g):
 
 
 _patch_matmul.defvjp(_patch_matmul_fwd, _patch_matmul_bwd)
+
+
+def _lax_conv(xp, kernel, stride):
+  return jax.lax.conv_general_dilated(xp, kernel, stride, 'VALID',
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_patch_grad(xp, kernel, stride):
+  return _lax_conv(xp, kernel, stride)
+
+
+def _conv_patch_grad_fwd(xp, kernel, stride):
+  return _lax_conv(xp, kernel, stride), (xp, kernel)
+
+
+def _conv_patch_grad_bwd(stride, res, g):
+  xp, kernel = res
+  kh, kw, cin, cout = kernel.shape
+  dxp = jax.vjp(lambda a: _lax_conv(a, kernel, stride), xp)[1](g)[0]
+  dk = _patch_kernel_grad(xp, g, (kh, kw), stride, g.shape[1:3], (kh * kw * cin, cout),
+                          kernel.dtype)
+  return dxp, dk.reshape(kernel.shape)
+
+
+_conv_patch_grad.defvjp(_conv_patch_grad_fwd, _conv_patch_grad_bwd)
+
+
+def conv2d(x: Array, kernel: Array, strides=(1, 1), padding: Any = 'SAME') -> Array:
+  """`lax.conv` forward and input gradient, with the kernel gradient as chunked
+  patch matmuls (`_patch_kernel_grad`): same numbers as `lax.conv`, whose own kernel
+  gradient on XLA:CPU is 2-3x slower at large maps. Arguments as `conv2d_im2col`."""
+  kh, kw = kernel.shape[:2]
+  stride = (strides, strides) if isinstance(strides, int) else tuple(strides)
+  pads = _conv_pads(padding, x.shape[1:3], (kh, kw), stride)
+  return _conv_patch_grad(jnp.pad(x, ((0, 0),) + pads + ((0, 0),)), kernel, stride)
 
 
 def _max_and_index(xp, window, stride, out_hw):
@@ -292,8 +347,10 @@ def _max_pool_bwd_residues(window, stride, padded_hw, idx, g):
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
-def max_pool_2d(x: Array, window: int, stride: int, impl: str = 'auto') -> Array:
-  """SAME max-pooling of NHWC maps.
+def max_pool_2d(x: Array, window: int, stride: int, impl: str = 'auto',
+                padding: Any = 'SAME') -> Array:
+  """Max-pooling of NHWC maps; `padding` 'SAME' or ((top, bottom), (left, right)),
+  padded with -inf.
 
   'matmul' (CPU) takes the maximum of window*window strided slices, with a
   custom gradient that routes each output's gradient to the first maximum of
@@ -301,11 +358,13 @@ def max_pool_2d(x: Array, window: int, stride: int, impl: str = 'auto') -> Array
   Both give identical outputs and gradients.
   """
   if resolve_impl(impl) == 'xla':
-    return nn.max_pool(x, (window, window), (stride, stride), padding='SAME')
+    pads = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
+    return nn.max_pool(x, (window, window), (stride, stride), padding=pads)
   n, h, w, c = x.shape
-  ph, pw = _same_pads(h, window, stride), _same_pads(w, window, stride)
+  ph, pw = _conv_pads(padding, (h, w), (window, window), (stride, stride))
   xp = jnp.pad(x, ((0, 0), ph, pw, (0, 0)), constant_values=-jnp.inf)
-  return _max_pool(xp, window, stride, (-(-h // stride), -(-w // stride)), xp.shape[1:3])
+  out_hw = tuple((xp.shape[1 + a] - window) // stride + 1 for a in range(2))
+  return _max_pool(xp, window, stride, out_hw, xp.shape[1:3])
 
 
 class DepthwiseConv(nn.Module):
@@ -333,9 +392,17 @@ class DepthwiseConv(nn.Module):
     return y
 
 
+# Under impl 'matmul', a 2-D conv whose patch (kh*kw*Cin) is narrower than this runs
+# forward as im2col + matmul (`conv2d_im2col`: the library conv is slow on 3-channel
+# stems with few filters); wider ones keep the library forward (`conv2d`). Both take
+# the kernel gradient as chunked patch matmuls.
+IM2COL_MAX_PATCH = 64
+
+
 class Conv(nn.Module):
-  """nn.Conv without bias (same parameter 'kernel'); 2-D kernels run as im2col + matmul
-  under impl 'matmul' (see `conv2d_im2col`), others through `lax.conv`."""
+  """nn.Conv without bias (same parameter 'kernel'). Under impl 'matmul' 2-D kernels
+  take their kernel gradient as chunked patch matmuls (`conv2d`, or `conv2d_im2col`
+  for narrow patches); others run through `lax.conv` and its own gradient."""
   features: int
   kernel_size: Sequence[int] = (3, 3)
   strides: Sequence[int] | int = 1
@@ -349,8 +416,8 @@ class Conv(nn.Module):
     if len(ks) != 2 or resolve_impl(self.impl) == 'xla':
       return self._xla(x, ks)
     kernel = self.param('kernel', default_kernel_init, ks + (x.shape[-1], self.features))
-    return conv2d_im2col(x.astype(self.dtype), kernel.astype(self.dtype), self.strides,
-                         self.padding)
+    conv = conv2d_im2col if ks[0] * ks[1] * x.shape[-1] < IM2COL_MAX_PATCH else conv2d
+    return conv(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.padding)
 
   def _xla(self, x, ks):
     kernel = self.param('kernel', default_kernel_init, ks + (x.shape[-1], self.features))

@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mer_jax.models import layers
+
 Array = jax.Array
 
 
@@ -28,20 +30,20 @@ def _bn(train, name, dtype=jnp.float32):
 class BasicBlock(nn.Module):
   features: int
   strides: int = 1
+  impl: str = 'xla'  # layers.Conv: 'matmul' takes kernel gradients as patch matmuls (CPU)
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     pad = ((1, 1), (1, 1))
-    dt = self.dtype
-    y = nn.Conv(self.features, (3, 3), self.strides, padding=pad, use_bias=False, dtype=dt,
-                name='conv1')(x)
+    dt, impl = self.dtype, self.impl
+    y = layers.Conv(self.features, (3, 3), self.strides, pad, impl, dt, name='conv1')(x)
     y = nn.relu(_bn(train, 'bn1', dt)(y))
-    y = nn.Conv(self.features, (3, 3), 1, padding=pad, use_bias=False, dtype=dt, name='conv2')(y)
+    y = layers.Conv(self.features, (3, 3), 1, pad, impl, dt, name='conv2')(y)
     y = _bn(train, 'bn2', dt)(y)
     if self.strides != 1 or x.shape[-1] != self.features:
-      x = nn.Conv(self.features, (1, 1), self.strides, padding='VALID', use_bias=False, dtype=dt,
-                  name='downsample_conv')(x)
+      x = layers.Conv(self.features, (1, 1), self.strides, 'VALID', impl, dt,
+                      name='downsample_conv')(x)
       x = _bn(train, 'downsample_bn', dt)(x)
     return nn.relu(x + y)
 
@@ -52,17 +54,17 @@ class ResNet(nn.Module):
   widths: Sequence[int] = (64, 128, 256, 512)
   num_classes: Optional[int] = None
   dtype: Any = jnp.float32
+  impl: str = 'xla'  # 'matmul' (CPU): see BasicBlock; also the custom-gradient max-pool
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
-    dt = self.dtype
-    x = nn.Conv(self.widths[0], (7, 7), 2, padding=((3, 3), (3, 3)), use_bias=False, dtype=dt,
-                name='conv1')(x)
+    dt, impl = self.dtype, self.impl
+    x = layers.Conv(self.widths[0], (7, 7), 2, ((3, 3), (3, 3)), impl, dt, name='conv1')(x)
     x = nn.relu(_bn(train, 'bn1', dt)(x))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = layers.max_pool_2d(x, 3, 2, impl, padding=((1, 1), (1, 1)))
     for i, (n, w) in enumerate(zip(self.stage_sizes, self.widths)):
       for j in range(n):
-        x = BasicBlock(w, 2 if (j == 0 and i > 0) else 1, dtype=dt,
+        x = BasicBlock(w, 2 if (j == 0 and i > 0) else 1, impl, dt,
                        name=f'layer{i + 1}_{j}')(x, train)
     x = x.astype(jnp.float32).mean(axis=(1, 2))
     if self.num_classes is not None:

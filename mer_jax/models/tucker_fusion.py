@@ -114,6 +114,7 @@ class TuckerCrossAttentionFusion(nn.Module):
   tucker_naive: bool = False
   remat: bool = False  # recompute the frame encoder's activations in the backward pass
   dtype: str = 'float32'  # compute dtype of the encoders; params and fusion stay float32
+  impl: str = 'auto'  # the ResNet's convs and max-pool (layers.resolve_impl); same numbers
 
   @nn.compact
   def __call__(self, batch, train: bool = False):
@@ -131,7 +132,8 @@ class TuckerCrossAttentionFusion(nn.Module):
     if video.ndim == 5:
       frames = layers.normalize_frames(video) if video.dtype == jnp.uint8 else video
       cnn = encoders.frame_encoder_cls(resnet.ResNet, self.remat)(
-          self.resnet_stage_sizes, self.resnet_widths, None, dtype=dt, name='resnet')
+          self.resnet_stage_sizes, self.resnet_widths, None, dtype=dt, impl=self.impl,
+          name='resnet')
       v = encoders.encode_frames(cnn, frames, train)  # [B, T, 512]
     else:
       v = video.astype(jnp.float32)
