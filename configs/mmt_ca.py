@@ -174,10 +174,11 @@ def _tuned_face(c):
   # A recipe for the face model on FER+ (the paper names only "a CNN"): a deeper CNN
   # (four blocks of two 3x3 convs, 48 -> 3 pixels), AdamW with warm-up and cosine,
   # label smoothing and the face augmentations of the other papers. 25 epochs fit the
-  # 90-minute budget of a 2-core CPU; at this depth XLA's own convolutions beat the
-  # im2col path there (batch 64: 147 against 129 samples/s).
+  # 90-minute budget of a 2-core CPU. impl 'auto': on CPU the library convolutions with
+  # patch-matmul kernel gradients (batch 64: 238 against 177 samples/s for XLA's own
+  # gradients, AMD EPYC; experiments/results/backward_profile.md, section 13).
   c.model.update(face_channels=(32, 64, 128, 256), face_convs_per_block=2, head_dropout=0.3,
-                 impl='xla')
+                 impl='auto')
   c.optim.update(optimizer='adamw', learning_rate=1e-3, weight_decay=0.05, schedule='cosine',
                  warmup_epochs=1.0)
   c.input.batch_size = 64

@@ -126,3 +126,38 @@ def test_max_pool_explicit_padding_equals_reduce_window(size):
   w = jnp.arange(3.)
   np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(ref(x) ** 2 * w))(x),
                                 jax.grad(lambda x: jnp.sum(got(x) ** 2 * w))(x))
+
+
+@pytest.mark.parametrize('shape,chunk', [((12, 17, 16, 3), 4), ((6, 10, 10, 2), 6), ((5, 9, 8, 3), 2)])
+def test_conv_bn_relu_maxpool_by_chunks_equals_ops(shape, chunk):
+  """The chunked stem gives the four ops' outputs, batch statistics and gradients
+  (input, kernel, scale, bias); a chunk size that does not divide N falls to one that does."""
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, shape[-1], 5)) * 0.3
+  scale = 1 + 0.1 * jax.random.normal(jax.random.PRNGKey(2), (5,))
+  bias = 0.1 * jax.random.normal(jax.random.PRNGKey(3), (5,))
+
+  def ref(x, k, scale, bias):
+    y = jax.lax.conv_general_dilated(x, k, (2, 2), 'SAME',
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    bn = nn.BatchNorm(use_running_average=False, epsilon=1e-5)
+    z, upd = bn.apply({'params': {'scale': scale, 'bias': bias},
+                       'batch_stats': {'mean': jnp.zeros(5), 'var': jnp.ones(5)}}, y,
+                      mutable=['batch_stats'])
+    # nn.BatchNorm's update with momentum 0.99 from (0, 1) recovers the batch statistics.
+    mean = upd['batch_stats']['mean'] / 0.01
+    var = (upd['batch_stats']['var'] - 0.99) / 0.01
+    return nn.max_pool(jax.nn.relu(z), (3, 3), (2, 2), 'SAME'), mean, var
+
+  def got(x, k, scale, bias):
+    return layers.conv_bn_relu_maxpool(x, k, scale, bias, stride=2, pool=(3, 2), eps=1e-5,
+                                       chunk=chunk)
+
+  for a, b in zip(ref(x, k, scale, bias), got(x, k, scale, bias)):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+  w = jax.random.normal(jax.random.PRNGKey(5), ref(x, k, scale, bias)[0].shape)
+  loss = lambda f: (lambda *a: jnp.sum(jnp.sin(f(*a)[0]) * w))
+  ga = jax.grad(loss(ref), (0, 1, 2, 3))(x, k, scale, bias)
+  gb = jax.grad(loss(got), (0, 1, 2, 3))(x, k, scale, bias)
+  for a, b in zip(ga, gb):
+    np.testing.assert_allclose(a, b, atol=1e-4 * float(jnp.abs(a).max()))

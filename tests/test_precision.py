@@ -24,9 +24,11 @@ def _loss_and_grads(config, batch, variables):
   return value, logits, stats, grads
 
 
-def test_avt_ca_impls_and_remat_agree():
-  """matmul/xla paths and remat on/off: same loss, logits, BN statistics and gradients
-  (max |difference| <= 1e-5 x max(1, max |value|) per array)."""
+def test_avt_ca_impls_and_remat_agree(monkeypatch):
+  """matmul/xla paths, remat on/off and the stem by chunks of frames or whole: same loss,
+  logits, BN statistics and gradients (max |difference| <= 1e-5 x max(1, max |value|)
+  per array)."""
+  from mer_jax.models import layers
   config = avt_ca_config.get_config('tiny')
   config.model.dropout_rate = 0.0
   config.dataset.name = ''  # shapes of their own, no dataset behind them
@@ -35,18 +37,21 @@ def test_avt_ca_impls_and_remat_agree():
   model = models.build(config.model, config.dataset.num_classes)
   variables = model.init(jax.random.PRNGKey(0), batch, train=False)
   ref = None
-  for impl in ('xla', 'matmul'):
-    for remat in (False, True):
-      config.model.impl, config.model.remat = impl, remat
-      got = _loss_and_grads(config, batch, variables)
-      if ref is None:
-        ref = got
-        continue
-      # 1e-5 relative to each array's scale (float32 sums in another order).
-      for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ref), jax.tree.leaves(got)):
-        scale = max(1.0, float(np.max(np.abs(a))))
-        np.testing.assert_allclose(a, b, atol=1e-5 * scale, rtol=0,
-                                   err_msg=f'{impl} remat={remat} {jax.tree_util.keystr(path)}')
+  for impl, remat, stem_chunk in [('xla', False, 0), ('xla', True, 0), ('matmul', False, 0),
+                                  ('matmul', True, 0), ('matmul', False, 4),
+                                  ('matmul', True, 2)]:
+    monkeypatch.setattr(layers, 'STEM_CHUNK', stem_chunk)
+    config.model.impl, config.model.remat = impl, remat
+    got = _loss_and_grads(config, batch, variables)
+    if ref is None:
+      ref = got
+      continue
+    # 1e-5 relative to each array's scale (float32 sums in another order).
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ref), jax.tree.leaves(got)):
+      scale = max(1.0, float(np.max(np.abs(a))))
+      np.testing.assert_allclose(a, b, atol=1e-5 * scale, rtol=0,
+                                 err_msg=f'{impl} remat={remat} stem_chunk={stem_chunk} '
+                                 f'{jax.tree_util.keystr(path)}')
 
 
 def _train_curve(dtype: str, steps: int) -> np.ndarray:

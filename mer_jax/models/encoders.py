@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -145,14 +145,58 @@ class _DepthwiseKernel(nn.Module):
     return self.param('kernel', layers.default_kernel_init, (k, k, 1, self.channels))
 
 
+class _Kernel(nn.Module):
+  """The 'kernel' of the layers.Conv it stands for."""
+  shape: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self) -> Array:
+    return self.param('kernel', layers.default_kernel_init, self.shape)
+
+
+class _BatchNormOf(nn.Module):
+  """nn.BatchNorm's variables (same names and initial values) around `fn(scale, bias) ->
+  (out, batch mean, batch var)`, whose statistics update the running averages."""
+  features: int
+  momentum: float = 0.9
+
+  @nn.compact
+  def __call__(self, fn: Callable) -> Array:
+    ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32),
+                            (self.features,))
+    ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32),
+                           (self.features,))
+    scale = self.param('scale', nn.initializers.ones, (self.features,))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    out, mean, var = fn(scale, bias)
+    if not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return out
+
+
+def _stem_chunked(impl: str, dtype) -> bool:
+  return (layers.STEM_CHUNK > 0 and layers.resolve_impl(impl) == 'matmul'
+          and jnp.dtype(dtype) == jnp.float32)
+
+
 class _StemPool(nn.Module):
-  """The frame encoder's stem, a 3x3/2 ConvBNAct (same parameter names), then 3x3/2 max-pool."""
+  """The frame encoder's stem, a 3x3/2 ConvBNAct (same parameter names), then 3x3/2 max-pool.
+
+  Training under impl 'matmul' in float32 runs the four ops by chunks of frames
+  (`layers.conv_bn_relu_maxpool`: same numbers, no full-resolution map kept)."""
   features: int
   impl: str = 'auto'
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
+    if train and _stem_chunked(self.impl, self.dtype):
+      kernel = _Kernel((3, 3, x.shape[-1], self.features), name='Conv_0')()
+      return _BatchNormOf(self.features, name='BatchNorm_0')(
+          lambda scale, bias: layers.conv_bn_relu_maxpool(
+              x.astype(jnp.float32), kernel, scale, bias, stride=2, pool=(3, 2), eps=1e-5,
+              chunk=layers.STEM_CHUNK))
     x = layers.Conv(self.features, (3, 3), 2, impl=self.impl, dtype=self.dtype, name='Conv_0')(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                      name='BatchNorm_0')(x)
@@ -192,7 +236,9 @@ class EfficientFrameEncoder(nn.Module):
     if self.arch != 'compact':
       raise ValueError(f"arch must be 'compact' or 'efficientface', got {self.arch!r}")
     x = x.astype(self.dtype)
-    x = ck(_StemPool, 2)(self.stem_features, self.impl, self.dtype, name='ConvBNAct_0')(x, train)
+    # The chunked stem already keeps no full-resolution map: nothing to rematerialise.
+    stem_cls = _StemPool if _stem_chunked(self.impl, self.dtype) else ck(_StemPool, 2)
+    x = stem_cls(self.stem_features, self.impl, self.dtype, name='ConvBNAct_0')(x, train)
     att = ck(ChannelSpatialAttention)(impl=self.impl, dtype=self.dtype,
                                        name='ChannelSpatialAttention_0')(x)
     x = att + ck(LocalFeatureExtractor, 2)(self.stem_features, self.local_grid, impl=self.impl,

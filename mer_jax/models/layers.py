@@ -694,3 +694,141 @@ class TuckerFusion(nn.Module):
     f_v = self.param('factor_v', init, (v.shape[2], self.rank_v))
     fn = tucker_core_naive if self.naive else tucker_core
     return fn(a, v, f_t.astype(a.dtype), f_a.astype(a.dtype), f_v.astype(a.dtype))
+
+
+# Frames per chunk of `conv_bn_relu_maxpool` (0: the plain ops).
+STEM_CHUNK = 8
+
+
+def conv_bn_relu_maxpool(x: Array, kernel: Array, scale: Array, bias: Array, *, stride: int,
+                         pool: tuple[int, int], eps: float, chunk: int
+                         ) -> tuple[Array, Array, Array]:
+  """SAME conv (no bias) -> train-mode BatchNorm -> ReLU -> SAME max-pool, by chunks.
+
+  The same numbers as the four ops in sequence (flax's BatchNorm: biased variance as
+  E[y^2] - E[y]^2, clipped at 0), without holding any full-resolution map: the
+  forward runs over chunks of `chunk` frames twice (batch statistics, then the pooled
+  output), the backward once more, rebuilding each chunk's conv output from the input.
+  The kernel gradient follows from per-chunk sums (patches^T g, patches^T y_hat, patch
+  sums) and the statistics. Returns (pooled, batch mean, batch variance); the last two
+  carry no gradient (they feed the running averages).
+  x: [N, H, W, Cin] float32 data; kernel [k, k, Cin, Cout]; scale, bias [Cout].
+  """
+  n, h, w, cin = x.shape
+  k = kernel.shape[0]
+  pads = _conv_pads('SAME', (h, w), (k, k), (stride, stride))
+  xp = jnp.pad(x, ((0, 0),) + pads + ((0, 0),))
+  out_hw = tuple((xp.shape[1 + a] - k) // stride + 1 for a in range(2))
+  chunk = max(c for c in range(1, min(chunk, n) + 1) if n % c == 0)
+  # Chunk i holds frames i, i + n/chunk, ...: a batch sharded in blocks over devices
+  # keeps each chunk spread over all of them.
+  xs = jnp.moveaxis(xp.reshape((chunk, n // chunk) + xp.shape[1:]), 1, 0)
+  geom = (stride, pool, out_hw, k)
+  pooled, mean, var = _cbrp(xs, kernel.reshape(k * k * cin, -1), scale, bias, eps, geom)
+  pooled = jnp.moveaxis(pooled, 0, 1).reshape((n,) + pooled.shape[2:])
+  return pooled, jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
+
+
+def _cbrp_conv(xc, wmat, geom):
+  stride, _, out_hw, k = geom
+  p = _patches(xc, (k, k), (stride, stride), out_hw)
+  return p, jnp.einsum('nhwk,kd->nhwd', p, wmat)
+
+
+def _cbrp_pool_pads(out_hw, pool):
+  window, pstride = pool
+  return tuple(_same_pads(out_hw[a], window, pstride) for a in range(2))
+
+
+def _cbrp_stats(xs, wmat, geom):
+  def body(acc, xc):
+    _, y = _cbrp_conv(xc, wmat, geom)
+    return (acc[0] + y.sum((0, 1, 2)), acc[1] + jnp.square(y).sum((0, 1, 2))), None
+
+  zero = jnp.zeros(wmat.shape[1], jnp.float32)
+  (s1, s2), _ = jax.lax.scan(body, (zero, zero), xs)
+  m = xs.shape[0] * xs.shape[1] * geom[2][0] * geom[2][1]
+  mean = s1 / m
+  return mean, jnp.maximum(s2 / m - jnp.square(mean), 0.0), m
+
+
+def _cbrp_chunk_fwd(xc, wmat, scale, bias, mean, rstd, geom):
+  """One chunk: patches, y_hat, the pre-ReLU z, the padded activation and pool."""
+  _, pool, out_hw, _ = geom
+  p, y = _cbrp_conv(xc, wmat, geom)
+  yhat = (y - mean) * rstd
+  z = yhat * scale + bias
+  ph, pw = _cbrp_pool_pads(out_hw, pool)
+  ap = jnp.pad(jax.nn.relu(z), ((0, 0), ph, pw, (0, 0)), constant_values=-jnp.inf)
+  pooled_hw = tuple((ap.shape[1 + a] - pool[0]) // pool[1] + 1 for a in range(2))
+  return p, yhat, z, ap, pooled_hw
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _cbrp(xs, wmat, scale, bias, eps, geom):
+  return _cbrp_fwd(xs, wmat, scale, bias, eps, geom)[0]
+
+
+def _cbrp_fwd(xs, wmat, scale, bias, eps, geom):
+  mean, var, _ = _cbrp_stats(xs, wmat, geom)
+  rstd = jax.lax.rsqrt(var + eps)
+  pool = geom[1]
+
+  def body(_, xc):
+    _, _, _, ap, pooled_hw = _cbrp_chunk_fwd(xc, wmat, scale, bias, mean, rstd, geom)
+    return None, _max_and_index(ap, pool[0], pool[1], pooled_hw)[0]
+
+  _, pooled = jax.lax.scan(body, None, xs)
+  return (pooled, mean, var), (xs, wmat, scale, bias, mean, rstd)
+
+
+def _cbrp_grad_chunk(xc, g, wmat, scale, bias, mean, rstd, geom):
+  """One chunk's patches, y_hat and the gradient reaching the pre-ReLU z."""
+  _, pool, out_hw, _ = geom
+  p, yhat, z, ap, pooled_hw = _cbrp_chunk_fwd(xc, wmat, scale, bias, mean, rstd, geom)
+  _, idx = _max_and_index(ap, pool[0], pool[1], pooled_hw)
+  gap = _max_pool_bwd_residues(pool[0], pool[1], ap.shape[1:3], idx, g)
+  ph, pw = _cbrp_pool_pads(out_hw, pool)
+  ga = gap[:, ph[0]:ph[0] + out_hw[0], pw[0]:pw[0] + out_hw[1]]
+  return p, yhat, jnp.where(z > 0, ga, jnp.zeros((), ga.dtype))
+
+
+def _cbrp_bwd(eps, geom, res, cts):
+  xs, wmat, scale, bias, mean, rstd = res
+  gpool = cts[0]  # the statistics' cotangents are zero (stop_gradient)
+  kdim, cout = wmat.shape
+
+  def body(acc, inp):
+    xc, g = inp
+    p, yhat, gz = _cbrp_grad_chunk(xc, g, wmat, scale, bias, mean, rstd, geom)
+    dbias, dscale, pg, py, psum = acc
+    return (dbias + gz.sum((0, 1, 2)), dscale + (gz * yhat).sum((0, 1, 2)),
+            pg + jnp.einsum('nhwk,nhwd->kd', p, gz), py + jnp.einsum('nhwk,nhwd->kd', p, yhat),
+            psum + p.sum((0, 1, 2))), None
+
+  zc, zk = jnp.zeros(cout, jnp.float32), jnp.zeros((kdim, cout), jnp.float32)
+  (dbias, dscale, pgz, pyhat, psum), _ = jax.lax.scan(
+      body, (zc, zc, zk, zk, jnp.zeros(kdim, jnp.float32)), (xs, gpool))
+  m = xs.shape[0] * xs.shape[1] * geom[2][0] * geom[2][1]
+  # g_y = rstd * scale * (g_z - dbias/M - y_hat * dscale/M): its patch products need
+  # only the sums above.
+  dw = rstd * scale * (pgz - psum[:, None] * dbias / m - pyhat * dscale / m)
+
+  def dx_body(_, inp):  # dead code when x is data, as the stems' input is
+    xc, g = inp
+    _, yhat, gz = _cbrp_grad_chunk(xc, g, wmat, scale, bias, mean, rstd, geom)
+    gy = rstd * scale * (gz - dbias / m - yhat * dscale / m)
+    stride, _, out_hw, k = geom
+    dp = jnp.einsum('nhwd,kd->nhwk', gy, wmat)
+    dxc = None
+    for t, (offset, _) in enumerate(_window_slices(xc, (k, k), (stride, stride), out_hw)):
+      d = _unslice(dp[..., t * xc.shape[-1]:(t + 1) * xc.shape[-1]], offset, (stride, stride),
+                   xc.shape[1:3])
+      dxc = d if dxc is None else dxc + d
+    return None, dxc
+
+  _, dxs = jax.lax.scan(dx_body, None, (xs, gpool))
+  return dxs, dw.astype(wmat.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
+
+
+_cbrp.defvjp(_cbrp_fwd, _cbrp_bwd)
