@@ -697,7 +697,7 @@ class TuckerFusion(nn.Module):
 
 
 # Frames per chunk of `conv_bn_relu_maxpool` (0: the plain ops).
-STEM_CHUNK = 8
+STEM_CHUNK = 4
 
 
 def conv_bn_relu_maxpool(x: Array, kernel: Array, scale: Array, bias: Array, *, stride: int,
