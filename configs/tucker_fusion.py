@@ -37,6 +37,7 @@ def defaults(c):
   c.model.dropout_rate = 0.5  # Section 4: dropout 0.5
   c.model.attention_dropout = 0.1
   c.model.tucker_naive = False
+  c.model.impl = 'auto'  # ResNet convs and max-pool: 'matmul' (CPU-fast gradients) or 'xla'
 
 
 def _paper_training(c, dataset, num_classes, accuracy):
