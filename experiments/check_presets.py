@@ -43,6 +43,8 @@ flags.DEFINE_integer('batch_size', 2, 'Examples per checked step.')
 flags.DEFINE_integer('fast_compile_below', 250_000,
                      'Steps whose inputs have at most this many values per example compile '
                      'with XLA backend optimisation off (faster to compile, slower to run).')
+flags.DEFINE_bool('compile_cache', True, "Share compiled programs between checks through "
+                  "JAX's persistent cache under --work.")
 flags.DEFINE_integer('jobs', 0, 'Checks run at once, each in its own process '
                      '(0: one per core; compilation is mostly single-threaded).')
 
@@ -251,9 +253,17 @@ def _sources_for(ref: str, sources: dict) -> None:
 _WORKER = {}
 
 
-def _init_worker(shared: str, work: str, batch_size: int, fast_compile_below: int) -> None:
+def _init_worker(shared: str, work: str, batch_size: int, fast_compile_below: int,
+                 compile_cache: bool = False) -> None:
   from mer_jax import contract
   contract.quiet_libraries()
+  if compile_cache:
+    # Shared by the workers: variants that keep the model's parameters (loss or
+    # training switches) compile the same init, which at paper shapes costs ~18 s.
+    import jax
+    jax.config.update('jax_compilation_cache_dir', str(pathlib.Path(work) / 'jax_cache'))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
   _WORKER.update(sources=_sources(pathlib.Path(shared), pathlib.Path(work)),
                  data_dir=str(pathlib.Path(work) / 'tfds'), batch_size=batch_size,
                  fast_compile_below=fast_compile_below)
@@ -275,7 +285,8 @@ def _pool(jobs: int, shared: pathlib.Path, work: pathlib.Path):
   # rows in order while both workers stay busy.
   return concurrent.futures.ProcessPoolExecutor(
       jobs, mp_context=multiprocessing.get_context('spawn'), initializer=_init_worker,
-      initargs=(str(shared), str(work), FLAGS.batch_size, FLAGS.fast_compile_below))
+      initargs=(str(shared), str(work), FLAGS.batch_size, FLAGS.fast_compile_below,
+                FLAGS.compile_cache))
 
 
 def main(argv):
