@@ -87,16 +87,20 @@ def _depthwise_bwd(stride, out_hw, res, g):
   xp, kernel = res
   k = kernel.shape[0]
   n, hp, wp, c = xp.shape
-  span = ((out_hw[0] - 1) * stride + 1, (out_hw[1] - 1) * stride + 1)
 
-  # The kernel gradient one offset at a time: XLA:CPU materialises each shifted copy
-  # for its reduction and, unrolled, keeps all k*k of them live at once.
-  def one_offset(t, acc):
-    window = jax.lax.dynamic_slice(xp, (0, t // k, t % k, 0), (n, *span, c))
-    patch = window[:, ::stride, ::stride] if stride > 1 else window
-    return acc.at[t].set(jnp.sum(g * patch, axis=(0, 1, 2), dtype=jnp.float32))
+  # The kernel gradient over chunks of examples small enough to stay in cache, all
+  # k*k offsets per chunk: over the whole batch XLA:CPU materialises each shifted
+  # copy for its reduction and keeps all k*k live at once; one offset at a time over
+  # the whole batch reads it k*k times (2-2.6x slower at 56x56 and 28x28).
+  chunk = _grad_chunk(n, hp * wp * c * xp.dtype.itemsize, _DEPTHWISE_GRAD_BYTES)
 
-  dk = jax.lax.fori_loop(0, k * k, one_offset, jnp.zeros((k * k, c), jnp.float32))
+  def one_chunk(t, acc):
+    xc = jax.lax.dynamic_slice_in_dim(xp, t * chunk, chunk, axis=0)
+    gc = jax.lax.dynamic_slice_in_dim(g, t * chunk, chunk, axis=0)
+    return acc + jnp.stack([jnp.sum(gc * s, axis=(0, 1, 2), dtype=jnp.float32)
+                            for _, s in _window_slices(xc, (k, k), (stride, stride), out_hw)])
+
+  dk = jax.lax.fori_loop(0, n // chunk, one_chunk, jnp.zeros((k * k, c), jnp.float32))
   dk = dk.reshape(kernel.shape).astype(kernel.dtype)
   dxp = None
   if stride == 1:
@@ -185,8 +189,12 @@ _PATCH_GRAD_CHUNK = 16  # at most this many examples per chunk
 _PATCH_GRAD_BYTES = 6 << 20  # and at most this many bytes of patches per chunk
 
 
-def _grad_chunk(n: int, example_bytes: int) -> int:
-  cap = max(1, min(n, _PATCH_GRAD_CHUNK, _PATCH_GRAD_BYTES // max(example_bytes, 1)))
+_DEPTHWISE_GRAD_BYTES = 2 << 20  # padded input per chunk of the depthwise kernel gradient
+
+
+def _grad_chunk(n: int, example_bytes: int, budget: Optional[int] = None) -> int:
+  budget = _PATCH_GRAD_BYTES if budget is None else budget
+  cap = max(1, min(n, _PATCH_GRAD_CHUNK, budget // max(example_bytes, 1)))
   return max(c for c in range(1, cap + 1) if n % c == 0)
 
 
