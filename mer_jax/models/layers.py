@@ -228,16 +228,22 @@ def _patch_matmul_fwd(xp, kernel, window, stride, out_hw):
   return _patch_matmul(xp, kernel, window, stride, out_hw), (xp, kernel)
 
 
-def _patch_matmul_bwd(window, stride, out_hw, res, g):
-  xp, kernel = res
-  dk = _patch_kernel_grad(xp, g, window, stride, out_hw, kernel.shape, kernel.dtype)
-  dpatches = jnp.einsum('nhwd,kd->nhwk', g, kernel)
+def _patch_input_grad(xp, g, wmat, window, stride, out_hw):
+  """Gradient for the padded input of `patches(xp) @ wmat`: g @ wmat^T placed back
+  window offset by window offset (dead code where the input is data)."""
+  dpatches = jnp.einsum('nhwd,kd->nhwk', g, wmat)
   cin = xp.shape[-1]
-  dxp = None  # dead code where x is data, as the stem's input is
+  dxp = None
   for t, (offset, _) in enumerate(_window_slices(xp, window, stride, out_hw)):
     d = _unslice(dpatches[..., t * cin:(t + 1) * cin], offset, stride, xp.shape[1:3])
     dxp = d if dxp is None else dxp + d
-  return dxp, dk
+  return dxp
+
+
+def _patch_matmul_bwd(window, stride, out_hw, res, g):
+  xp, kernel = res
+  dk = _patch_kernel_grad(xp, g, window, stride, out_hw, kernel.shape, kernel.dtype)
+  return _patch_input_grad(xp, g, kernel, window, stride, out_hw), dk
 
 
 _patch_matmul.defvjp(_patch_matmul_fwd, _patch_matmul_bwd)
@@ -827,13 +833,7 @@ def _cbrp_bwd(eps, geom, res, cts):
     _, yhat, gz = _cbrp_grad_chunk(xc, g, wmat, scale, bias, mean, rstd, geom)
     gy = rstd * scale * (gz - dbias / m - yhat * dscale / m)
     stride, _, out_hw, k = geom
-    dp = jnp.einsum('nhwd,kd->nhwk', gy, wmat)
-    dxc = None
-    for t, (offset, _) in enumerate(_window_slices(xc, (k, k), (stride, stride), out_hw)):
-      d = _unslice(dp[..., t * xc.shape[-1]:(t + 1) * xc.shape[-1]], offset, (stride, stride),
-                   xc.shape[1:3])
-      dxc = d if dxc is None else dxc + d
-    return None, dxc
+    return None, _patch_input_grad(xc, gy, wmat, (k, k), (stride, stride), out_hw)
 
   _, dxs = jax.lax.scan(dx_body, None, (xs, gpool))
   return dxs, dw.astype(wmat.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
