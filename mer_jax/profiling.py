@@ -11,7 +11,9 @@ memory analysis (argument, output and temporary bytes), steady-state step time
 FLOPs / median step time; XLA counts a multiply-add as two FLOPs). The train row
 also times the step's forward pass alone (train mode, loss only) and gives
 'step / fwd': the whole train step (forward, backward and update) over that
-forward, about 3 where the backward costs the usual two forwards.
+forward, about 3 where the backward costs the usual two forwards; 'bwd / fwd':
+what the step spends beyond its forward (backward and update) over the forward,
+step / fwd - 1.
 
 The run is assembled once (`assembly.build_run`); the train-step timing and
 memory come from `mer_jax.benchmark` on that run, its FLOPs from lowering the
@@ -164,7 +166,7 @@ def _si(x: float, unit: str) -> str:
 
 COLUMNS = ('paper', 'model', 'step', 'batch', 'params', 'compile s', 'FLOPs/step',
            'bytes accessed', 'args MiB', 'out MiB', 'temp MiB', 'step ms median (min-max)',
-           'samples/s', 'achieved FLOP/s', 'step / fwd')
+           'samples/s', 'achieved FLOP/s', 'step / fwd', 'bwd / fwd')
 
 
 def format_table(rows: list[dict]) -> str:
@@ -186,9 +188,10 @@ def format_table(rows: list[dict]) -> str:
                 f"{1e3 * r['step_s_median']:.1f} ({1e3 * r['step_s_min']:.1f}-"
                 f"{1e3 * r['step_s_max']:.1f})", f"{r['samples_per_s']:.1f}",
                 _si(r['flops_per_s'], 'FLOP/s'),
-                f"{r['step_over_fwd']:.1f}" if 'step_over_fwd' in r else '-']
+                f"{r['step_over_fwd']:.1f}" if 'step_over_fwd' in r else '-',
+                f"{r['step_over_fwd'] - 1:.1f}" if 'step_over_fwd' in r else '-']
     else:
-      cells += ['-'] * 7
+      cells += ['-'] * 8
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
@@ -199,13 +202,13 @@ def format_comparison(before: list[dict], after: list[dict],
   key = lambda r: (r.get('paper', ''), r.get('model', ''), r.get('step', ''))
   old = {key(r): r for r in before if 'step_s_median' in r}
   a, b = labels
-  lines = [f'| paper | model | step | batch | {a} ms | {b} ms | {b} / {a} | {a} step/fwd | '
-           f'{b} step/fwd | {a} temp MiB | {b} temp MiB |', '|' + '---|' * 11]
+  lines = [f'| paper | model | step | batch | {a} ms | {b} ms | {b} / {a} | {a} bwd/fwd | '
+           f'{b} bwd/fwd | {a} temp MiB | {b} temp MiB |', '|' + '---|' * 11]
 
   def cells(r):
     if r is None:
       return ['-'] * 3
-    fwd = f"{r['step_over_fwd']:.1f}" if 'step_over_fwd' in r else '-'
+    fwd = f"{r['step_over_fwd'] - 1:.1f}" if 'step_over_fwd' in r else '-'
     return [f"{1e3 * r['step_s_median']:.1f}", fwd,
             f"{r.get('temp_size_in_bytes', 0) / 2**20:.1f}"]
 
