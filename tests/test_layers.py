@@ -27,6 +27,27 @@ def test_pointwise_einsum_equals_xla():
   np.testing.assert_allclose(m_xla.apply(params, x), m_mm.apply(params, x), atol=1e-5)
 
 
+@pytest.mark.parametrize('n,hw', [(6, 28), (5, 30), (40, 28)])
+def test_pointwise_chunked_kernel_gradient_equals_einsum(n, hw):
+  # n=40 at 28x28 spans several chunks of the kernel gradient; n=5 is prime.
+  x = jax.random.normal(jax.random.PRNGKey(0), (n, hw, hw, 7))
+  w = jax.random.normal(jax.random.PRNGKey(1), (7, 11))
+  g = jax.random.normal(jax.random.PRNGKey(2), (n, hw, hw, 11))
+  plain = lambda x, w: jnp.einsum('...c,cd->...d', x, w)
+  np.testing.assert_allclose(layers.pointwise_matmul(x, w), plain(x, w), atol=1e-5)
+  dx_a, dw_a = jax.vjp(plain, x, w)[1](g)
+  dx_b, dw_b = jax.vjp(layers.pointwise_matmul, x, w)[1](g)
+  np.testing.assert_allclose(dx_b, dx_a, atol=1e-5)
+  np.testing.assert_allclose(dw_b, dw_a, rtol=1e-5, atol=1e-5 * float(jnp.abs(dw_a).max()))
+  # PointwiseConv takes this path on maps of at least POINTWISE_CHUNKED_MIN_HW.
+  m_xla, m_mm = layers.PointwiseConv(11, impl='xla'), layers.PointwiseConv(11, impl='matmul')
+  params = m_xla.init(jax.random.PRNGKey(1), x)
+  ga = jax.grad(lambda p: jnp.sum(m_xla.apply(p, x) ** 2))(params)
+  gb = jax.grad(lambda p: jnp.sum(m_mm.apply(p, x) ** 2))(params)
+  for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * float(jnp.abs(a).max()))
+
+
 @pytest.mark.parametrize('window,stride,h,w', [
     (3, 2, 8, 8), (3, 2, 9, 9), (3, 2, 112, 112), (3, 2, 9, 12), (2, 2, 8, 8), (2, 2, 7, 9),
     (3, 1, 6, 7), (5, 2, 11, 10), (3, 3, 10, 8)])

@@ -43,7 +43,10 @@ class PointwiseConv(nn.Module):
   def __call__(self, x: Array) -> Array:
     x = x.astype(self.dtype)
     kernel = self.param('kernel', self.kernel_init, (1, 1, x.shape[-1], self.features))
-    if resolve_impl(self.impl) == 'matmul' or x.ndim != 4:
+    if resolve_impl(self.impl) == 'matmul' and x.ndim == 4 and (
+        x.shape[1] * x.shape[2] >= POINTWISE_CHUNKED_MIN_HW):
+      y = pointwise_matmul(x, kernel[0, 0].astype(x.dtype))
+    elif resolve_impl(self.impl) == 'matmul' or x.ndim != 4:
       y = jnp.einsum('...c,cd->...d', x, kernel[0, 0].astype(x.dtype))
     else:
       y = jax.lax.conv_general_dilated(
@@ -52,6 +55,34 @@ class PointwiseConv(nn.Module):
     if self.use_bias:
       y = y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(x.dtype)
     return y
+
+
+# Maps at least this large (H*W) take the 1x1 kernel gradient by chunks of examples:
+# 120 frames, 56x56 and 28x28 maps, backward 20-38 % faster; at 14x14 no gain
+# (experiments/results/backward_profile.md, section 15).
+POINTWISE_CHUNKED_MIN_HW = 28 * 28
+
+
+@jax.custom_vjp
+def pointwise_matmul(x: Array, w: Array) -> Array:
+  """x [N, H, W, C] @ w [C, D], whose kernel gradient sums x^T g over chunks of
+  examples (`_patch_kernel_grad`): over the whole batch XLA:CPU first copies x into
+  the contraction's layout, a pass as long as the matmul."""
+  return jnp.einsum('...c,cd->...d', x, w)
+
+
+def _pointwise_matmul_fwd(x, w):
+  return pointwise_matmul(x, w), (x, w)
+
+
+def _pointwise_matmul_bwd(res, g):
+  x, w = res
+  _, h, wd, c = x.shape
+  dx = jnp.einsum('...d,cd->...c', g, w)
+  return dx, _patch_kernel_grad(x, g, (1, 1), (1, 1), (h, wd), w.shape, w.dtype)
+
+
+pointwise_matmul.defvjp(_pointwise_matmul_fwd, _pointwise_matmul_bwd)
 
 
 def depthwise_conv_shifted(x: Array, kernel: Array, stride: int) -> Array:
