@@ -150,7 +150,8 @@ def test_max_pool_explicit_padding_equals_reduce_window(size):
 
 
 @pytest.mark.parametrize('shape,chunk', [((12, 17, 16, 3), 4), ((6, 10, 10, 2), 6), ((5, 9, 8, 3), 2)])
-def test_conv_bn_relu_maxpool_by_chunks_equals_ops(shape, chunk):
+@pytest.mark.parametrize('interleave', [False, True])
+def test_conv_bn_relu_maxpool_by_chunks_equals_ops(shape, chunk, interleave):
   """The chunked stem gives the four ops' outputs, batch statistics and gradients
   (input, kernel, scale, bias); a chunk size that does not divide N falls to one that does."""
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
@@ -172,7 +173,7 @@ def test_conv_bn_relu_maxpool_by_chunks_equals_ops(shape, chunk):
 
   def got(x, k, scale, bias):
     return layers.conv_bn_relu_maxpool(x, k, scale, bias, stride=2, pool=(3, 2), eps=1e-5,
-                                       chunk=chunk)
+                                       chunk=chunk, interleave=interleave)
 
   for a, b in zip(ref(x, k, scale, bias), got(x, k, scale, bias)):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)

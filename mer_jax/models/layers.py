@@ -746,8 +746,8 @@ STEM_CHUNK = 4
 
 
 def conv_bn_relu_maxpool(x: Array, kernel: Array, scale: Array, bias: Array, *, stride: int,
-                         pool: tuple[int, int], eps: float, chunk: int
-                         ) -> tuple[Array, Array, Array]:
+                         pool: tuple[int, int], eps: float, chunk: int,
+                         interleave: Optional[bool] = None) -> tuple[Array, Array, Array]:
   """SAME conv (no bias) -> train-mode BatchNorm -> ReLU -> SAME max-pool, by chunks.
 
   The same numbers as the four ops in sequence (flax's BatchNorm: biased variance as
@@ -762,21 +762,32 @@ def conv_bn_relu_maxpool(x: Array, kernel: Array, scale: Array, bias: Array, *, 
   n, h, w, cin = x.shape
   k = kernel.shape[0]
   pads = _conv_pads('SAME', (h, w), (k, k), (stride, stride))
-  xp = jnp.pad(x, ((0, 0),) + pads + ((0, 0),))
-  out_hw = tuple((xp.shape[1 + a] - k) // stride + 1 for a in range(2))
+  out_hw = tuple((hw + sum(pd) - k) // stride + 1 for hw, pd in zip((h, w), pads))
   chunk = max(c for c in range(1, min(chunk, n) + 1) if n % c == 0)
-  # Chunk i holds frames i, i + n/chunk, ...: a batch sharded in blocks over devices
-  # keeps each chunk spread over all of them.
-  xs = jnp.moveaxis(xp.reshape((chunk, n // chunk) + xp.shape[1:]), 1, 0)
-  geom = (stride, pool, out_hw, k)
+  # Each chunk is padded inside the loop, not the whole input. With several devices,
+  # chunk i holds frames i, i + n/chunk, ...: a batch sharded in blocks over them keeps
+  # each chunk spread over all of them. On one device consecutive frames, which needs
+  # no transposed copy of the input (nor of the output).
+  interleave = jax.device_count() > 1 if interleave is None else interleave
+  if interleave:
+    xs = jnp.moveaxis(x.reshape((chunk, n // chunk) + x.shape[1:]), 1, 0)
+  else:
+    xs = x.reshape((n // chunk, chunk) + x.shape[1:])
+  geom = (stride, pool, out_hw, k, pads)
   pooled, mean, var = _cbrp(xs, kernel.reshape(k * k * cin, -1), scale, bias, eps, geom)
-  pooled = jnp.moveaxis(pooled, 0, 1).reshape((n,) + pooled.shape[2:])
+  if interleave:
+    pooled = jnp.moveaxis(pooled, 0, 1)
+  pooled = pooled.reshape((n,) + pooled.shape[2:])
   return pooled, jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
 
 
+def _cbrp_pad(xc, geom):
+  return jnp.pad(xc, ((0, 0),) + geom[4] + ((0, 0),))
+
+
 def _cbrp_conv(xc, wmat, geom):
-  stride, _, out_hw, k = geom
-  p = _patches(xc, (k, k), (stride, stride), out_hw)
+  stride, _, out_hw, k, _ = geom
+  p = _patches(_cbrp_pad(xc, geom), (k, k), (stride, stride), out_hw)
   return p, jnp.einsum('nhwk,kd->nhwd', p, wmat)
 
 
@@ -799,7 +810,7 @@ def _cbrp_stats(xs, wmat, geom):
 
 def _cbrp_chunk_fwd(xc, wmat, scale, bias, mean, rstd, geom):
   """One chunk: patches, y_hat, the pre-ReLU z, the padded activation and pool."""
-  _, pool, out_hw, _ = geom
+  _, pool, out_hw, _, _ = geom
   p, y = _cbrp_conv(xc, wmat, geom)
   yhat = (y - mean) * rstd
   z = yhat * scale + bias
@@ -829,7 +840,7 @@ def _cbrp_fwd(xs, wmat, scale, bias, eps, geom):
 
 def _cbrp_grad_chunk(xc, g, wmat, scale, bias, mean, rstd, geom):
   """One chunk's patches, y_hat and the gradient reaching the pre-ReLU z."""
-  _, pool, out_hw, _ = geom
+  _, pool, out_hw, _, _ = geom
   p, yhat, z, ap, pooled_hw = _cbrp_chunk_fwd(xc, wmat, scale, bias, mean, rstd, geom)
   _, idx = _max_and_index(ap, pool[0], pool[1], pooled_hw)
   gap = _max_pool_bwd_residues(pool[0], pool[1], ap.shape[1:3], idx, g)
@@ -863,8 +874,9 @@ def _cbrp_bwd(eps, geom, res, cts):
     xc, g = inp
     _, yhat, gz = _cbrp_grad_chunk(xc, g, wmat, scale, bias, mean, rstd, geom)
     gy = rstd * scale * (gz - dbias / m - yhat * dscale / m)
-    stride, _, out_hw, k = geom
-    return None, _patch_input_grad(xc, gy, wmat, (k, k), (stride, stride), out_hw)
+    stride, _, out_hw, k, pads = geom
+    dxp = _patch_input_grad(_cbrp_pad(xc, geom), gy, wmat, (k, k), (stride, stride), out_hw)
+    return None, dxp[:, pads[0][0]:pads[0][0] + xc.shape[1], pads[1][0]:pads[1][0] + xc.shape[2]]
 
   _, dxs = jax.lax.scan(dx_body, None, (xs, gpool))
   return dxs, dw.astype(wmat.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
