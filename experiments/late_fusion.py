@@ -31,9 +31,16 @@ import numpy as np
 def log_probs(workdir: str, split: str, data_dir: str = ''):
   """(log-probabilities [N, C], labels [N]) of a run's best checkpoint on a split of
   its own dataset (its fold), every example once, in the pipeline's order."""
+  return split_log_probs(workdir, (split,), data_dir)[split]
+
+
+def split_log_probs(workdir: str, splits, data_dir: str = '') -> dict:
+  """{split: (log-probabilities [N, C], labels [N])} of a run's best checkpoint, the
+  checkpoint restored once for all `splits`."""
   import jax
   from data_pipelines import input_pipeline
   from mer_jax import assembly, sharding
+  from mer_jax import contract as bc
   run, state, _ = assembly.restore_run(workdir)
   cfg = run.config.dataset.copy_and_resolve_references()
   if data_dir:
@@ -41,10 +48,6 @@ def log_probs(workdir: str, split: str, data_dir: str = ''):
       cfg.data_dir = data_dir
   data = input_pipeline.prepare(cfg)
   bs = run.config.input.eval_batch_size
-  ds, _ = input_pipeline.eval_dataset(data.builder, data.split(split), bs,
-                                      audio_norm=run.config.input.audio_norm)
-
-  from mer_jax import contract as bc
 
   @jax.jit
   def predict(batch):
@@ -52,12 +55,17 @@ def log_probs(workdir: str, split: str, data_dir: str = ''):
     out = state.apply_fn(assembly.eval_variables(state), batch, train=False)
     return jax.nn.log_softmax(out['logits'].astype(np.float32), axis=-1)
 
-  lp, labels = [], []
-  for batch in input_pipeline.as_numpy(ds):
-    keep = batch['valid'] > 0
-    lp.append(np.asarray(sharding.to_host(predict(batch)))[keep])
-    labels.append(batch['label'][keep])
-  return np.concatenate(lp), np.concatenate(labels)
+  result = {}
+  for split in splits:
+    ds, _ = input_pipeline.eval_dataset(data.builder, data.split(split), bs,
+                                        audio_norm=run.config.input.audio_norm)
+    lp, labels = [], []
+    for batch in input_pipeline.as_numpy(ds):
+      keep = batch['valid'] > 0
+      lp.append(np.asarray(sharding.to_host(predict(batch)))[keep])
+      labels.append(batch['label'][keep])
+    result[split] = (np.concatenate(lp), np.concatenate(labels))
+  return result
 
 
 def _uar(y, pred, num_classes):
@@ -87,10 +95,10 @@ def choose_weight(lp_a, lp_b, y, grid: int = 21) -> tuple[float, float, float]:
 def fuse_run(dir_a: str, dir_b: str, grid: int = 21, data_dir: str = '',
              weight: float | None = None) -> dict:
   """Scores of the fused decision on a pair of runs; `weight` fixes w (else chosen)."""
-  va_a, yv = log_probs(dir_a, 'val', data_dir)
-  va_b, yv2 = log_probs(dir_b, 'val', data_dir)
-  te_a, yt = log_probs(dir_a, 'test', data_dir)
-  te_b, yt2 = log_probs(dir_b, 'test', data_dir)
+  a = split_log_probs(dir_a, ('val', 'test'), data_dir)
+  b = split_log_probs(dir_b, ('val', 'test'), data_dir)
+  (va_a, yv), (te_a, yt) = a['val'], a['test']
+  (va_b, yv2), (te_b, yt2) = b['val'], b['test']
   if not (np.array_equal(yv, yv2) and np.array_equal(yt, yt2)):
     raise ValueError(f'{dir_a} and {dir_b} do not read the same examples in the same order')
   c = va_a.shape[1]

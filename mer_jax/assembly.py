@@ -245,18 +245,51 @@ def init_variables(config, model: nn.Module, init_batch: dict, rng,
   else:
     variables = init_fn.lower(rng, small).compile(compiler_options=FAST_COMPILE)(rng, small)
   variables = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+  return _pretrained(config, variables) if pretrained else variables
+
+
+def _pretrained(config, variables: dict) -> dict:
   init = config.get('model_init')
-  if pretrained and init is not None and (init.get('kind') or init.get('sources')):
+  if init is not None and (init.get('kind') or init.get('sources')):
     from mer_jax import pretrained
     variables = pretrained.apply_init(init, variables)
   return variables
 
 
+def host_variables(config, model: nn.Module, init_batch: dict, seed: int = 0) -> dict:
+  """Variables of the model's shapes with values drawn by numpy, not by the model's
+  initialisers: nothing is compiled (a paper model's init compiles for 5-20 s). For
+  checks that run a step once on whatever values: kernels N(0, 1/fan_in), scales and
+  variances 1, everything else 0; then any pretrained weights."""
+  small = {k: np.asarray(v)[:1] for k, v in init_batch.items()
+           if np.asarray(v).dtype.kind in 'biuf'}
+  key = jax.random.PRNGKey(0)
+  shapes = jax.eval_shape(
+      lambda b: model.init({'params': key, 'dropout': key}, b, train=False), small)
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = str(getattr(path[-1], 'key', path[-1]))
+    if not jnp.issubdtype(leaf.dtype, jnp.floating):
+      return np.zeros(leaf.shape, leaf.dtype)
+    if name in ('scale', 'var') or name.endswith('_scale'):
+      return np.ones(leaf.shape, leaf.dtype)
+    if len(leaf.shape) < 2:
+      return np.zeros(leaf.shape, leaf.dtype)
+    fan_in = int(np.prod(leaf.shape[:-1]))
+    return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
+
+  variables = jax.tree_util.tree_map_with_path(fill, shapes)
+  variables = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+  return _pretrained(config, variables)
+
+
 def create_train_state(config, model: nn.Module, init_batch: dict, tx, mesh,
-                       pretrained: bool = True) -> TrainState:
-  """Initialises the train state, replicated over the mesh."""
+                       pretrained: bool = True, variables: Optional[dict] = None) -> TrainState:
+  """Initialises the train state, replicated over the mesh (from `variables` when given)."""
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  variables = init_variables(config, model, init_batch, init_rng, pretrained)
+  if variables is None:
+    variables = init_variables(config, model, init_batch, init_rng, pretrained)
 
   ema = config.optim.get('ema_decay', 0.0) > 0
 
@@ -271,12 +304,16 @@ def create_train_state(config, model: nn.Module, init_batch: dict, tx, mesh,
 
 
 def build_run(config, mesh=None, *, steps_per_epoch: int = 100, total_steps: int = 10_000,
-              init_batch: Optional[dict] = None, abstract: bool = False) -> Run:
+              init_batch: Optional[dict] = None, abstract: bool = False,
+              init: str = 'model') -> Run:
   """Model, loss, optimiser, replicated state and jitted steps of `config` on `mesh`.
 
   `abstract`: the state holds shapes only (nothing is initialised), for lowering
-  paper-size steps to count their FLOPs.
+  paper-size steps to count their FLOPs. `init`: 'model' (the model's initialisers)
+  or 'host' (values drawn by numpy, see `host_variables`).
   """
+  if init not in ('model', 'host'):
+    raise ValueError(f"init must be 'model' or 'host', not {init!r}")
   mesh = mesh if mesh is not None else sharding.make_mesh()
   num_classes = config.dataset.num_classes
   entry = models.get(config.model.name)
@@ -288,7 +325,9 @@ def build_run(config, mesh=None, *, steps_per_epoch: int = 100, total_steps: int
     state = jax.eval_shape(lambda: create_train_state(config, model, init_batch, tx, mesh,
                                                       pretrained=False))
   else:
-    state = create_train_state(config, model, init_batch, tx, mesh)
+    variables = host_variables(config, model, init_batch, config.seed) \
+        if init == 'host' else None
+    state = create_train_state(config, model, init_batch, tx, mesh, variables=variables)
   masked = config_lib.parse_modalities(config.get('mask_modalities', ''))
   repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   train_step = jax.jit(make_train_step(entry.loss_fn, config.loss, masked, schedule,

@@ -274,3 +274,40 @@ def test_score_fusion_weight_chosen_on_validation():
           for k in range(2) for s in range(2)}
   table = late_fusion.markdown(runs, 'audio', 'face')
   assert '| **mean ± std (4 runs)** |' in table and 'fused - face per seed: +5.0, +4.0' in table
+
+
+def test_seed_ensemble_averages_posteriors_of_disjoint_seed_groups():
+  from experiments import seed_ensemble
+  assert seed_ensemble.groups([4, 0, 2, 1, 3], 2) == [(0, 1), (2, 3)]
+  rng = np.random.default_rng(0)
+  lps = [np.log(rng.dirichlet(np.ones(5), 7)) for _ in range(3)]
+  for how, want in (('prob', np.log(np.mean([np.exp(l) for l in lps], 0))),
+                    ('logprob', None)):
+    got = seed_ensemble.combine(lps, how)
+    np.testing.assert_allclose(np.exp(got).sum(-1), 1.0, rtol=1e-9)
+    if want is not None:
+      np.testing.assert_allclose(got, want, rtol=1e-9)
+  with pytest.raises(ValueError, match='prob'):
+    seed_ensemble.combine(lps, 'max')
+  # Three members, each right on a different third of the examples and confidently
+  # wrong nowhere else: each alone scores 1/3 + chance, their average scores 1.
+  n, c = 300, 3
+  y = np.arange(n) % c
+  members = []
+  for k in range(3):
+    mine = (np.arange(n) // 100 == k)[:, None]
+    right = np.eye(c)[y]
+    wrong = np.eye(c)[(y + 1) % c]
+    p = np.where(mine, 0.1 + 0.7 * right, 0.25 + 0.05 * right + 0.2 * wrong)
+    members.append(np.log(p))
+  preds = {0: {s: {'val': (members[s], y), 'test': (members[s], y)} for s in range(3)}}
+  res = seed_ensemble.evaluate(preds, 3)
+  assert len(res['singles']) == 3 and len(res['ensembles']) == 1
+  assert res['ensembles'][0]['test_accuracy'] == 1.0
+  assert all(r['test_accuracy'] < 1.0 for r in res['singles'])
+  table = seed_ensemble.markdown(res, 3)
+  assert '| ensembles of 3 seeds | 1 |' in table
+  # Members that do not score the same examples are refused.
+  preds[0][1]['test'] = (members[1], y[::-1].copy())
+  with pytest.raises(ValueError, match='same test examples'):
+    seed_ensemble.evaluate(preds, 3)

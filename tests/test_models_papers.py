@@ -87,6 +87,29 @@ def test_forward_backward_shapes_and_finite_grads(setup):
   chex.assert_trees_all_equal_structs(grads, variables['params'])
 
 
+def test_host_values_have_the_models_structure_and_train(setup):
+  # What experiments.check_presets steps on: no compiled init, same variables.
+  paper, config, model, variables, batch, train_step = setup
+  host = assembly.host_variables(config, model, batch, seed=0)
+  for part in ('params', 'batch_stats'):
+    want = variables.get(part, {})
+    chex.assert_trees_all_equal_shapes_and_dtypes(host[part], want)
+  for path, leaf in jax.tree_util.tree_leaves_with_path(host['params']):
+    name = jax.tree_util.keystr(path)
+    if name.endswith("['scale']"):
+      assert np.all(leaf == 1.0), name
+    elif leaf.ndim >= 2:
+      fan_in = np.prod(leaf.shape[:-1])
+      if leaf.size >= 256:
+        assert 0.5 < np.std(leaf) * np.sqrt(fan_in) < 1.5, name
+  loss, out, _, grads = train_step(host['params'], host['batch_stats'], batch,
+                                   jax.random.PRNGKey(3))
+  assert np.isfinite(float(loss)), paper
+  chex.assert_tree_all_finite(grads)
+  with pytest.raises(ValueError, match="init must be 'model' or 'host'"):
+    assembly.build_run(config, init='numpy')
+
+
 def test_dropout_makes_train_mode_stochastic(setup):
   paper, config, model, variables, batch, train_step = setup
   bs = variables.get('batch_stats', {})

@@ -300,3 +300,20 @@ def test_weight_average_is_what_evaluation_and_warm_starts_use(tiny_data_dir, tm
   data = input_pipeline.prepare(cfg.dataset, build_if_missing=False)
   raw_loss = evaluators.score(run, state.replace(ema_params=None), data, 'test')['loss']
   assert raw_loss != pytest.approx(res['test']['loss'], rel=1e-4)
+
+
+def test_seed_ensemble_rescores_the_runs_best_checkpoint(uninterrupted, tmp_path):
+  from experiments import seed_ensemble
+  # Two "seeds" that are the same run: their ensemble decides as the run did.
+  row = tmp_path / 'table' / 'row'
+  row.mkdir(parents=True)
+  for s in (0, 1):
+    os.symlink(uninterrupted, row / f'fold0_seed{s}')
+  out = tmp_path / 'ens'
+  seed_ensemble.main([f'--table={tmp_path / "table"}', '--size=2', f'--out={out}'])
+  res = json.loads(out.with_suffix('.json').read_text())
+  want = _results(uninterrupted)
+  for r in res['singles'] + res['ensembles']:
+    for split in ('val', 'test'):
+      assert r[f'{split}_accuracy'] == pytest.approx(want[split]['accuracy'], abs=1e-9)
+  assert '| ensembles of 2 seeds | 1 |' in out.with_suffix('.md').read_text()
