@@ -117,8 +117,15 @@ def markdown(res: dict, size: int) -> str:
 
 
 def _has_validation(workdir: str) -> bool:
-  """Whether a run validated (a refit run trains on its validation groups and has none)."""
+  """Whether a run has a validation split of its own: a refit run (experiments.run
+  --refit_from) trains on its validation groups and monitors on the test groups."""
   import json
+  plan = os.path.join(workdir, 'fold_plan.json')
+  if os.path.exists(plan):
+    with open(plan) as f:
+      p = json.load(f)
+    if sorted(p.get('validation', [])) == sorted(p.get('test', [])):
+      return False
   with open(os.path.join(workdir, 'results.json')) as f:
     return 'val' in json.load(f)
 
