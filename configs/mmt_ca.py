@@ -69,6 +69,7 @@ def defaults(c):
   c.model.audio_input_stats = 'none'
   c.model.audio_stats_slope = False  # + each feature's slope over time
   c.model.audio_stats_percentiles = ()  # features given p10/p50/p90 and range
+  c.model.audio_stats_dropout = -1.0  # on the statistics' classifier input; < 0: head_dropout
   c.loss.stats_weight = 1.0
   c.loss.stats_l2 = 0.0  # x the statistics classifier's squared kernel norm
   c.loss.deep_weight = 0.0  # x CE of the sequence branch alone (with 'ensemble')

@@ -186,6 +186,23 @@ def test_mmt_ca_unimodal_heads_and_single_images():
                              rtol=1e-5, atol=1e-5)
 
 
+def test_mmt_ca_statistics_dropout_switch():
+  # audio_stats_dropout: the statistics' classifier's own input dropout (< 0: head_dropout).
+  config = _config('mmt_ca', 'tiny+audio')
+  batch = _random_batch(config)
+  ens = models.build(config.model, 6).clone(audio_input_stats='ensemble', head_dropout=0.5)
+  v = _init(ens, batch)
+
+  def stats_logits(model, seed):
+    out, _ = model.apply(v, batch, train=True, rngs={'dropout': jax.random.PRNGKey(seed)},
+                         mutable=['batch_stats'])
+    return np.asarray(out['audio_stats_logits'])
+
+  assert not np.allclose(stats_logits(ens, 1), stats_logits(ens, 2))
+  off = ens.clone(audio_stats_dropout=0.0)
+  np.testing.assert_allclose(stats_logits(off, 1), stats_logits(off, 2), rtol=1e-6)
+
+
 def test_mmt_ca_audio_input_stats_reach_the_classifier():
   """`audio_input_stats`: the classifier's input gains the mean and std over valid
   steps of each input feature, and those statistics alone move the decision."""

@@ -113,6 +113,7 @@ class MMTCA(nn.Module):
   audio_input_stats: str = 'none'  # 'none' | 'concat' | 'ensemble' (see the docstring)
   audio_stats_slope: bool = False  # + each feature's slope over time
   audio_stats_percentiles: Sequence[int] = ()  # features (may be < 0) given p10/p50/p90/range
+  audio_stats_dropout: float = -1.0  # dropout on the statistics' classifier input (< 0: head_dropout)
   impl: str = 'xla'  # 'matmul': the CPU-fast im2col convolutions and max-pool of the face CNN
   remat: bool = False  # recompute the frame encoder's activations in the backward pass
   dtype: str = 'float32'  # compute dtype of the encoders; params and fusion stay float32
@@ -197,8 +198,8 @@ class MMTCA(nn.Module):
       return jnp.concatenate([mean, jnp.sqrt(layers.masked_var(a, valid) + 1e-5)], axis=-1)
     raise ValueError(f"audio_pool must be 'mean' or 'meanstd', got {self.audio_pool!r}")
 
-  def _classify(self, x, train, name):
-    x = nn.Dropout(self.head_dropout)(x, deterministic=not train)
+  def _classify(self, x, train, name, rate=None):
+    x = nn.Dropout(self.head_dropout if rate is None else rate)(x, deterministic=not train)
     return nn.Dense(self.num_classes, name=name)(x)
 
   @nn.compact
@@ -217,8 +218,9 @@ class MMTCA(nn.Module):
         pooled = jnp.concatenate([pooled, a_stats * m_a[:, None]], axis=-1)
       out['audio_logits'] = self._classify(pooled, train, 'audio_classifier')
       if self.audio_input_stats == 'ensemble':
+        rate = self.audio_stats_dropout if self.audio_stats_dropout >= 0 else None
         out['audio_stats_logits'] = self._classify(a_stats * m_a[:, None], train,
-                                                   'audio_stats_classifier')
+                                                   'audio_stats_classifier', rate)
         # Its squared weight norm, for an L2 penalty like a logistic regression's (loss.stats_l2).
         out['audio_stats_sq_norm'] = jnp.sum(
             self.variables['params']['audio_stats_classifier']['kernel'] ** 2)
