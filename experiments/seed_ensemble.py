@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
+import json
 import os
 import re
 
@@ -119,7 +120,6 @@ def markdown(res: dict, size: int) -> str:
 def _has_validation(workdir: str) -> bool:
   """Whether a run has a validation split of its own: a refit run (experiments.run
   --refit_from) trains on its validation groups and monitors on the test groups."""
-  import json
   plan = os.path.join(workdir, 'fold_plan.json')
   if os.path.exists(plan):
     with open(plan) as f:

@@ -232,11 +232,15 @@ class Run:
 FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
 
 
+def _one_example(batch: dict) -> dict:
+  """The first example of a batch's numeric features: all an init needs is shapes."""
+  return {k: np.asarray(v)[:1] for k, v in batch.items() if np.asarray(v).dtype.kind in 'biuf'}
+
+
 def init_variables(config, model: nn.Module, init_batch: dict, rng,
                    pretrained: bool = True) -> dict:
   """Model variables from a batch's shapes, then any pretrained weights (config.model_init)."""
-  small = {k: np.asarray(v)[:1] for k, v in init_batch.items()
-           if np.asarray(v).dtype.kind in 'biuf'}
+  small = _one_example(init_batch)
   # One compiled init instead of one compilation per initialiser op (2-3x faster), with
   # XLA's backend optimisation off: it runs once, so compiling it fast matters more.
   init_fn = jax.jit(lambda r, b: model.init({'params': r, 'dropout': r}, b, train=False))
@@ -261,8 +265,7 @@ def host_variables(config, model: nn.Module, init_batch: dict, seed: int = 0) ->
   initialisers: nothing is compiled (a paper model's init compiles for 5-20 s). For
   checks that run a step once on whatever values: kernels N(0, 1/fan_in), scales and
   variances 1, everything else 0; then any pretrained weights."""
-  small = {k: np.asarray(v)[:1] for k, v in init_batch.items()
-           if np.asarray(v).dtype.kind in 'biuf'}
+  small = _one_example(init_batch)
   key = jax.random.PRNGKey(0)
   shapes = jax.eval_shape(
       lambda b: model.init({'params': key, 'dropout': key}, b, train=False), small)
