@@ -753,10 +753,11 @@ def conv_bn_relu_maxpool(x: Array, kernel: Array, scale: Array, bias: Array, *, 
   The same numbers as the four ops in sequence (flax's BatchNorm: biased variance as
   E[y^2] - E[y]^2, clipped at 0), without holding any full-resolution map: the
   forward runs over chunks of `chunk` frames twice (batch statistics, then the pooled
-  output), the backward once more, rebuilding each chunk's conv output from the input.
-  The kernel gradient follows from per-chunk sums (patches^T g, patches^T y_hat, patch
-  sums) and the statistics. Returns (pooled, batch mean, batch variance); the last two
-  carry no gradient (they feed the running averages).
+  output and each window's int8 offset of its maximum), the backward once more,
+  rebuilding each chunk's patches (not its conv output) from the input. The kernel,
+  scale and bias gradients follow from per-chunk sums (patches^T g, the patches' Gram
+  matrix, patch sums) and the statistics. Returns (pooled, batch mean, batch variance);
+  the last two carry no gradient (they feed the running averages).
   x: [N, H, W, Cin] float32 data; kernel [k, k, Cin, Cout]; scale, bias [Cout].
   """
   n, h, w, cin = x.shape
@@ -797,15 +798,20 @@ def _cbrp_pool_pads(out_hw, pool):
 
 
 def _cbrp_stats(xs, wmat, geom):
-  def body(acc, xc):
-    _, y = _cbrp_conv(xc, wmat, geom)
-    return (acc[0] + y.sum((0, 1, 2)), acc[1] + jnp.square(y).sum((0, 1, 2))), None
+  """Batch mean and variance of the conv output from the patches' sums and Gram matrix
+  (y = p W: sum y = psum W, sum y^2 = diag(W^T G W)), which the backward reuses."""
+  stride, _, out_hw, k, _ = geom
 
-  zero = jnp.zeros(wmat.shape[1], jnp.float32)
-  (s1, s2), _ = jax.lax.scan(body, (zero, zero), xs)
-  m = xs.shape[0] * xs.shape[1] * geom[2][0] * geom[2][1]
-  mean = s1 / m
-  return mean, jnp.maximum(s2 / m - jnp.square(mean), 0.0), m
+  def body(acc, xc):
+    p = _patches(_cbrp_pad(xc, geom), (k, k), (stride, stride), out_hw)
+    return (acc[0] + jnp.einsum('nhwk,nhwj->kj', p, p), acc[1] + p.sum((0, 1, 2))), None
+
+  kdim = wmat.shape[0]
+  (gram, psum), _ = jax.lax.scan(
+      body, (jnp.zeros((kdim, kdim), jnp.float32), jnp.zeros(kdim, jnp.float32)), xs)
+  m = xs.shape[0] * xs.shape[1] * out_hw[0] * out_hw[1]
+  mean = psum @ wmat / m
+  return mean, jnp.maximum(((gram @ wmat) * wmat).sum(0) / m - jnp.square(mean), 0.0), gram, psum
 
 
 def _cbrp_chunk_fwd(xc, wmat, scale, bias, mean, rstd, geom):
@@ -826,16 +832,19 @@ def _cbrp(xs, wmat, scale, bias, eps, geom):
 
 
 def _cbrp_fwd(xs, wmat, scale, bias, eps, geom):
-  mean, var, _ = _cbrp_stats(xs, wmat, geom)
+  mean, var, gram, psum = _cbrp_stats(xs, wmat, geom)
   rstd = jax.lax.rsqrt(var + eps)
   pool = geom[1]
 
   def body(_, xc):
     _, _, _, ap, pooled_hw = _cbrp_chunk_fwd(xc, wmat, scale, bias, mean, rstd, geom)
-    return None, _max_and_index(ap, pool[0], pool[1], pooled_hw)[0]
+    y, idx = _max_and_index(ap, pool[0], pool[1], pooled_hw)
+    # A window's maximum is positive iff its pre-ReLU value is: -1 marks the windows
+    # whose gradient the ReLU stops, so the backward needs neither z nor the max chain.
+    return None, (y, jnp.where(y > 0, idx, jnp.int8(-1)))
 
-  _, pooled = jax.lax.scan(body, None, xs)
-  return (pooled, mean, var), (xs, wmat, scale, bias, mean, rstd)
+  _, (pooled, idx) = jax.lax.scan(body, None, xs)
+  return (pooled, mean, var), (xs, idx, gram, psum, wmat, scale, bias, mean, rstd)
 
 
 def _cbrp_grad_chunk(xc, g, wmat, scale, bias, mean, rstd, geom):
@@ -850,22 +859,29 @@ def _cbrp_grad_chunk(xc, g, wmat, scale, bias, mean, rstd, geom):
 
 
 def _cbrp_bwd(eps, geom, res, cts):
-  xs, wmat, scale, bias, mean, rstd = res
+  xs, idxs, gram, psum, wmat, scale, bias, mean, rstd = res
   gpool = cts[0]  # the statistics' cotangents are zero (stop_gradient)
   kdim, cout = wmat.shape
+  stride, pool, out_hw, k, pads = geom
+  ph, pw = _cbrp_pool_pads(out_hw, pool)
+  padded_hw = (out_hw[0] + sum(ph), out_hw[1] + sum(pw))
 
   def body(acc, inp):
-    xc, g = inp
-    p, yhat, gz = _cbrp_grad_chunk(xc, g, wmat, scale, bias, mean, rstd, geom)
-    dbias, dscale, pg, py, psum = acc
-    return (dbias + gz.sum((0, 1, 2)), dscale + (gz * yhat).sum((0, 1, 2)),
-            pg + jnp.einsum('nhwk,nhwd->kd', p, gz), py + jnp.einsum('nhwk,nhwd->kd', p, yhat),
-            psum + p.sum((0, 1, 2))), None
+    # The gradient reaching z, routed by the forward's window offsets, meets the
+    # patches rebuilt from the input; the conv output is not rebuilt: the y_hat terms
+    # follow from the forward's Gram matrix.
+    xc, idx, g = inp
+    p = _patches(_cbrp_pad(xc, geom), (k, k), (stride, stride), out_hw)
+    gap = _max_pool_bwd_residues(pool[0], pool[1], padded_hw, idx, g)
+    gz = gap[:, ph[0]:ph[0] + out_hw[0], pw[0]:pw[0] + out_hw[1]]
+    return acc + jnp.einsum('nhwk,nhwd->kd', p, gz), None
 
-  zc, zk = jnp.zeros(cout, jnp.float32), jnp.zeros((kdim, cout), jnp.float32)
-  (dbias, dscale, pgz, pyhat, psum), _ = jax.lax.scan(
-      body, (zc, zc, zk, zk, jnp.zeros(kdim, jnp.float32)), (xs, gpool))
-  m = xs.shape[0] * xs.shape[1] * geom[2][0] * geom[2][1]
+  pgz, _ = jax.lax.scan(body, jnp.zeros((kdim, cout), jnp.float32), (xs, idxs, gpool))
+  dbias = jnp.where(idxs >= 0, gpool, 0.0).sum((0, 1, 2, 3))
+  # sum(g_z * y) = sum_k W[k] (p^T g_z)[k], as y = p W.
+  dscale = rstd * ((wmat * pgz).sum(0) - mean * dbias)
+  pyhat = rstd * (gram @ wmat - psum[:, None] * mean)
+  m = xs.shape[0] * xs.shape[1] * out_hw[0] * out_hw[1]
   # g_y = rstd * scale * (g_z - dbias/M - y_hat * dscale/M): its patch products need
   # only the sums above.
   dw = rstd * scale * (pgz - psum[:, None] * dbias / m - pyhat * dscale / m)
@@ -874,7 +890,6 @@ def _cbrp_bwd(eps, geom, res, cts):
     xc, g = inp
     _, yhat, gz = _cbrp_grad_chunk(xc, g, wmat, scale, bias, mean, rstd, geom)
     gy = rstd * scale * (gz - dbias / m - yhat * dscale / m)
-    stride, _, out_hw, k, pads = geom
     dxp = _patch_input_grad(_cbrp_pad(xc, geom), gy, wmat, (k, k), (stride, stride), out_hw)
     return None, dxp[:, pads[0][0]:pads[0][0] + xc.shape[1], pads[1][0]:pads[1][0] + xc.shape[2]]
 
