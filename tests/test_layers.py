@@ -185,3 +185,56 @@ def test_conv_bn_relu_maxpool_by_chunks_equals_ops(shape, chunk, interleave):
   gb = jax.grad(loss(got), (0, 1, 2, 3))(x, k, scale, bias)
   for a, b in zip(ga, gb):
     np.testing.assert_allclose(a, b, atol=1e-4 * float(jnp.abs(a).max()))
+
+
+def test_depthwise_conv_grid_equals_per_patch_convolutions():
+  """Each patch convolved with its own kernel, zero padded at its own borders: values
+  and gradients (input and kernel) equal slicing, lax's depthwise conv and stitching."""
+  n, g, ph, pw, c = 3, 2, 5, 6, 4
+  x = jax.random.normal(jax.random.PRNGKey(0), (n, g * ph, g * pw, c))
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, g, g, c))
+
+  def ref(x, kernel):
+    rows = []
+    for i in range(g):
+      cols = [jax.lax.conv_general_dilated(
+          x[:, i * ph:(i + 1) * ph, j * pw:(j + 1) * pw], kernel[:, :, i, j][:, :, None, :],
+          (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c)
+          for j in range(g)]
+      rows.append(jnp.concatenate(cols, 2))
+    return jnp.concatenate(rows, 1)
+
+  def got(x, kernel):
+    return layers.depthwise_conv_grid(x.reshape(n, g, ph, g, pw, c), kernel).reshape(x.shape)
+
+  np.testing.assert_allclose(ref(x, kernel), got(x, kernel), atol=1e-5)
+  w = jax.random.normal(jax.random.PRNGKey(2), x.shape)
+  loss = lambda f: (lambda x, k: jnp.sum(jnp.sin(f(x, k)) * w))
+  for a, b in zip(jax.grad(loss(ref), (0, 1))(x, kernel), jax.grad(loss(got), (0, 1))(x, kernel)):
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize('train', [True, False])
+def test_local_feature_extractor_matmul_equals_per_patch_path(train):
+  """The grid form (one depthwise op, every patch's BatchNorm broadcast at once) has the
+  per-patch path's variables, outputs, running-average updates and gradients."""
+  from mer_jax.models import encoders
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 10, 12, 5))
+  ref = encoders.LocalFeatureExtractor(7, 2, impl='xla')
+  got = encoders.LocalFeatureExtractor(7, 2, impl='matmul')
+  v_ref, v_got = ref.init(jax.random.PRNGKey(1), x, True), got.init(jax.random.PRNGKey(1), x, True)
+  assert jax.tree.structure(v_ref) == jax.tree.structure(v_got)
+  jax.tree.map(np.testing.assert_array_equal, v_ref, v_got)
+  # Moved off the initial values so every variable matters (variances stay positive).
+  v = jax.tree.map(lambda a: a * (1 + 0.2 * jax.random.uniform(jax.random.PRNGKey(3), a.shape))
+                   + 0.1, v_ref)
+  out_ref, upd_ref = ref.apply(v, x, train, mutable=['batch_stats'])
+  out_got, upd_got = got.apply(v, x, train, mutable=['batch_stats'])
+  np.testing.assert_allclose(out_ref, out_got, atol=1e-4, rtol=1e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), upd_ref, upd_got)
+  w = jax.random.normal(jax.random.PRNGKey(4), out_ref.shape)
+  loss = lambda m: (lambda p, x: jnp.sum(jnp.sin(m.apply(
+      {**v, 'params': p}, x, train, mutable=['batch_stats'])[0]) * w))
+  ga = jax.grad(loss(ref), (0, 1))(v['params'], x)
+  gb = jax.grad(loss(got), (0, 1))(v['params'], x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4), ga, gb)

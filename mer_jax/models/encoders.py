@@ -109,29 +109,50 @@ class LocalFeatureExtractor(nn.Module):
                                  dtype=self.dtype)(out, train)
 
   def _patches_at_once(self, x, g, ph, pw, train):
-    # All g*g patch convolutions as one depthwise conv over [N, ph, pw, g*g*C] (each
-    # patch's channels stacked, so SAME padding is the per-patch zero padding), through
-    # the custom-gradient shifted form: autodiff of shifted slices would keep every
-    # shifted copy for the backward (9 maps) and XLA:CPU runs the slices' gradients
-    # slowly. Same parameters and values as the per-patch path.
+    # All g*g patch convolutions at once in the map's own layout ([N, g, ph, g, pw, C], a
+    # free reshape) through the custom-gradient grid form, then every patch's BatchNorm
+    # as one broadcast op (each keeps its own variables): no transposed or stacked copy
+    # of the map. Same parameters and values as the per-patch path.
     n, _, _, c = x.shape
     kernels = jnp.stack([jnp.stack([
         _DepthwiseKernel(3, c, name=f'dw_{i}{j}')()[:, :, 0] for j in range(g)], 2)
         for i in range(g)], 2).astype(self.dtype)  # [3, 3, g, g, C]
-    xs = x.astype(self.dtype).reshape(n, g, ph, g, pw, c).transpose(0, 2, 4, 1, 3, 5)
-    y = layers.depthwise_conv_shifted(xs.reshape(n, ph, pw, g * g * c),
-                                      kernels.reshape(3, 3, 1, g * g * c), 1)
-    # Materialised once; otherwise each patch's BatchNorm slice recomputes the sum.
-    y = jax.lax.optimization_barrier(y).reshape(n, ph, pw, g, g, c)
-    cols = []
-    for i in range(g):
-      row = []
-      for j in range(g):
-        p = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
-                         name=f'bn_{i}{j}')(y[:, :, :, i, j])
-        row.append(nn.relu(p))
-      cols.append(jnp.stack(row, axis=2))  # [N, ph, g, pw, C]
-    return jnp.stack(cols, axis=1).reshape(n, g * ph, g * pw, c)
+    y = layers.depthwise_conv_grid(x.astype(self.dtype).reshape(n, g, ph, g, pw, c), kernels)
+    bns = [[_BatchNormVars(c, name=f'bn_{i}{j}')() for j in range(g)] for i in range(g)]
+    field = lambda f: jnp.stack([jnp.stack([f(bns[i][j]) for j in range(g)]) for i in range(g)])
+    if train:
+      # flax's BatchNorm: float32 statistics, biased variance E[y^2] - E[y]^2 clipped at 0.
+      y32 = y.astype(jnp.float32)
+      mean = y32.mean(axis=(0, 2, 4))
+      var = jnp.maximum(jnp.square(y32).mean(axis=(0, 2, 4)) - jnp.square(mean), 0.0)
+      if not self.is_initializing():
+        for i in range(g):
+          for j in range(g):
+            ra_mean, ra_var = bns[i][j][2], bns[i][j][3]
+            ra_mean.value = 0.9 * ra_mean.value + 0.1 * mean[i, j]
+            ra_var.value = 0.9 * ra_var.value + 0.1 * var[i, j]
+    else:
+      mean, var = field(lambda b: b[2].value), field(lambda b: b[3].value)
+    mul = jax.lax.rsqrt(var + 1e-5) * field(lambda b: b[0])  # [g, g, C]
+    shift = field(lambda b: b[1]) - mean * mul
+    b6 = lambda a: a[None, :, None, :, None, :].astype(self.dtype)
+    return nn.relu(y * b6(mul) + b6(shift)).reshape(n, g * ph, g * pw, c)
+
+
+class _BatchNormVars(nn.Module):
+  """nn.BatchNorm's variables (same names and initial values): scale, bias and the
+  running mean and variance (as flax variables, for the caller to update)."""
+  features: int
+
+  @nn.compact
+  def __call__(self):
+    scale = self.param('scale', nn.initializers.ones, (self.features,))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32),
+                            (self.features,))
+    ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32),
+                           (self.features,))
+    return scale, bias, ra_mean, ra_var
 
 
 class _DepthwiseKernel(nn.Module):

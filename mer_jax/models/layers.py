@@ -154,6 +154,73 @@ def _depthwise_bwd(stride, out_hw, res, g):
 _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
+def depthwise_conv_grid(x: Array, kernel: Array) -> Array:
+  """Each of g x g patches of the map convolved with its own depthwise kxk kernel, zero
+  padded at the patch's own borders (stride 1), in the map's own memory layout.
+
+  x: [N, g, ph, g, pw, C] (a free reshape of [N, g*ph, g*pw, C]); kernel [k, k, g, g, C].
+  Returns the same layout as x. Equals slicing out the patches, a SAME depthwise conv of
+  each and stitching them back, without the transposed copies that stacking the patches'
+  channels would need.
+  """
+  k = kernel.shape[0]
+  p = (k - 1) // 2
+  xp = jnp.pad(x, ((0, 0), (0, 0), (p, k - 1 - p), (0, 0), (p, k - 1 - p), (0, 0)))
+  return _depthwise_grid(xp, kernel)
+
+
+def _grid_slice(a: Array, i: int, j: int, hw: tuple[int, int]) -> Array:
+  n, g1, _, g2, _, c = a.shape
+  return jax.lax.slice(a, (0, 0, i, 0, j, 0), (n, g1, i + hw[0], g2, j + hw[1], c))
+
+
+@jax.custom_vjp
+def _depthwise_grid(xp: Array, kernel: Array) -> Array:
+  k = kernel.shape[0]
+  hw = (xp.shape[2] - k + 1, xp.shape[4] - k + 1)
+  y = None
+  for i in range(k):
+    for j in range(k):
+      term = _grid_slice(xp, i, j, hw) * kernel[i, j][None, :, None, :, None, :]
+      y = term if y is None else y + term
+  return y
+
+
+def _depthwise_grid_fwd(xp, kernel):
+  return _depthwise_grid(xp, kernel), (xp, kernel)
+
+
+def _depthwise_grid_bwd(res, g):
+  # As `_depthwise_bwd`: kernel gradient over chunks of examples, input gradient in the
+  # forward's form over the padded cotangent.
+  xp, kernel = res
+  k = kernel.shape[0]
+  n = xp.shape[0]
+  hw = g.shape[2], g.shape[4]
+  chunk = _grad_chunk(n, math.prod(xp.shape[1:]) * xp.dtype.itemsize, _DEPTHWISE_GRAD_BYTES)
+
+  def one_chunk(t, acc):
+    xc = jax.lax.dynamic_slice_in_dim(xp, t * chunk, chunk, axis=0)
+    gc = jax.lax.dynamic_slice_in_dim(g, t * chunk, chunk, axis=0)
+    return acc + jnp.stack([jnp.sum(gc * _grid_slice(xc, i, j, hw), axis=(0, 2, 4),
+                                    dtype=jnp.float32)
+                            for i in range(k) for j in range(k)])
+
+  dk = jax.lax.fori_loop(0, n // chunk, one_chunk,
+                         jnp.zeros((k * k,) + kernel.shape[2:], jnp.float32))
+  gp = jnp.pad(g, ((0, 0), (0, 0), (k - 1, k - 1), (0, 0), (k - 1, k - 1), (0, 0)))
+  php = (xp.shape[2], xp.shape[4])
+  dxp = None
+  for i in range(k):
+    for j in range(k):
+      d = _grid_slice(gp, k - 1 - i, k - 1 - j, php) * kernel[i, j][None, :, None, :, None, :]
+      dxp = d if dxp is None else dxp + d
+  return dxp, dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_depthwise_grid.defvjp(_depthwise_grid_fwd, _depthwise_grid_bwd)
+
+
 def _same_pads(size: int, k: int, stride: int) -> tuple[int, int]:
   """XLA's SAME padding (the extra row/column goes after) for one spatial axis."""
   out = -(-size // stride)
