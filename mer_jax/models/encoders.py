@@ -146,13 +146,18 @@ class _BatchNormVars(nn.Module):
 
   @nn.compact
   def __call__(self):
-    scale = self.param('scale', nn.initializers.ones, (self.features,))
-    bias = self.param('bias', nn.initializers.zeros, (self.features,))
-    ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32),
-                            (self.features,))
-    ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32),
-                           (self.features,))
-    return scale, bias, ra_mean, ra_var
+    return _batch_norm_variables(self, self.features)
+
+
+def _batch_norm_variables(module: nn.Module, features: int):
+  """(scale, bias, running mean, running variance) of nn.BatchNorm, declared in `module`."""
+  ra_mean = module.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32),
+                            (features,))
+  ra_var = module.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32),
+                           (features,))
+  scale = module.param('scale', nn.initializers.ones, (features,))
+  bias = module.param('bias', nn.initializers.zeros, (features,))
+  return scale, bias, ra_mean, ra_var
 
 
 class _DepthwiseKernel(nn.Module):
@@ -183,12 +188,7 @@ class _BatchNormOf(nn.Module):
 
   @nn.compact
   def __call__(self, fn: Callable) -> Array:
-    ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32),
-                            (self.features,))
-    ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32),
-                           (self.features,))
-    scale = self.param('scale', nn.initializers.ones, (self.features,))
-    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    scale, bias, ra_mean, ra_var = _batch_norm_variables(self, self.features)
     out, mean, var = fn(scale, bias)
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
