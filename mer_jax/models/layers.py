@@ -853,9 +853,13 @@ def _cbrp_pad(xc, geom):
   return jnp.pad(xc, ((0, 0),) + geom[4] + ((0, 0),))
 
 
-def _cbrp_conv(xc, wmat, geom):
+def _cbrp_patches(xc, geom):
   stride, _, out_hw, k, _ = geom
-  p = _patches(_cbrp_pad(xc, geom), (k, k), (stride, stride), out_hw)
+  return _patches(_cbrp_pad(xc, geom), (k, k), (stride, stride), out_hw)
+
+
+def _cbrp_conv(xc, wmat, geom):
+  p = _cbrp_patches(xc, geom)
   return p, jnp.einsum('nhwk,kd->nhwd', p, wmat)
 
 
@@ -867,16 +871,14 @@ def _cbrp_pool_pads(out_hw, pool):
 def _cbrp_stats(xs, wmat, geom):
   """Batch mean and variance of the conv output from the patches' sums and Gram matrix
   (y = p W: sum y = psum W, sum y^2 = diag(W^T G W)), which the backward reuses."""
-  stride, _, out_hw, k, _ = geom
-
   def body(acc, xc):
-    p = _patches(_cbrp_pad(xc, geom), (k, k), (stride, stride), out_hw)
+    p = _cbrp_patches(xc, geom)
     return (acc[0] + jnp.einsum('nhwk,nhwj->kj', p, p), acc[1] + p.sum((0, 1, 2))), None
 
   kdim = wmat.shape[0]
   (gram, psum), _ = jax.lax.scan(
       body, (jnp.zeros((kdim, kdim), jnp.float32), jnp.zeros(kdim, jnp.float32)), xs)
-  m = xs.shape[0] * xs.shape[1] * out_hw[0] * out_hw[1]
+  m = xs.shape[0] * xs.shape[1] * geom[2][0] * geom[2][1]
   mean = psum @ wmat / m
   return mean, jnp.maximum(((gram @ wmat) * wmat).sum(0) / m - jnp.square(mean), 0.0), gram, psum
 
@@ -938,7 +940,7 @@ def _cbrp_bwd(eps, geom, res, cts):
     # patches rebuilt from the input; the conv output is not rebuilt: the y_hat terms
     # follow from the forward's Gram matrix.
     xc, idx, g = inp
-    p = _patches(_cbrp_pad(xc, geom), (k, k), (stride, stride), out_hw)
+    p = _cbrp_patches(xc, geom)
     gap = _max_pool_bwd_residues(pool[0], pool[1], padded_hw, idx, g)
     gz = gap[:, ph[0]:ph[0] + out_hw[0], pw[0]:pw[0] + out_hw[1]]
     return acc + jnp.einsum('nhwk,nhwd->kd', p, gz), None
