@@ -194,11 +194,14 @@ def _op_paths(hlo: str) -> dict[str, str]:
   return where
 
 
-def trace_top(config, batch_size: int, top: int, trace_dir: str = '/tmp/backward_profile_trace'):
+def trace_top(config, batch_size: int, top: int, trace_dir: str = '/tmp/backward_profile_trace',
+              depth: int = 3):
   """Time per XLA op of one value_and_grad step from a jax.profiler trace.
 
   Returns markdown: the `top` costliest ops (with the model path of their first
-  instruction, `transpose(...)` meaning backward) and the totals per module path.
+  instruction, `transpose(...)` meaning backward) and the totals per module path
+  (`depth` levels deep; forward, backward, and a rematerialised block's recomputed
+  forward apart).
   """
   import collections
   import glob
@@ -225,11 +228,18 @@ def trace_top(config, batch_size: int, top: int, trace_dir: str = '/tmp/backward
   total = sum(per_op.values())
 
   def module_of(name):
+    # 'remat fwd': the forward recomputed inside the backward of a rematerialised block.
     path = where.get(name, '?')
-    bwd = 'bwd' if 'transpose(' in path else 'fwd'
+    kind = ('remat fwd' if 'rematted_computation' in path else
+            'bwd' if 'transpose(' in path else 'fwd')
     path = re.sub(r'\b(jvp|transpose|remat|checkpoint|jit)\(|\)', '', path)
     parts = [p for p in path.split('/')[1:] if p]
-    return f"{bwd} {'/'.join(parts[1:3])}"
+    top = parts[0] if parts else ''
+    # Without the model's own name and the remat wrappers, and with the path the
+    # backward repeats (outer/.../outer/...) said once.
+    parts = [p for p in parts if p not in (top, 'checkpoint', 'rematted_computation')]
+    parts = [p for i, p in enumerate(parts) if i == 0 or p != parts[i - 1]]
+    return f"{kind} {'/'.join(parts[:depth])}"
 
   lines = [f'ops timed: {len(per_op)}, total {total:.0f} ms', '',
            '| op | ms | % | model path |', '|---|---|---|---|']

@@ -149,20 +149,22 @@ def test_max_pool_explicit_padding_equals_reduce_window(size):
                                 jax.grad(lambda x: jnp.sum(got(x) ** 2 * w))(x))
 
 
-@pytest.mark.parametrize('shape,chunk', [((12, 17, 16, 3), 4), ((6, 10, 10, 2), 6), ((5, 9, 8, 3), 2)])
+@pytest.mark.parametrize('shape,chunk,window,stride', [
+    ((12, 17, 16, 3), 4, 3, 2), ((6, 10, 10, 2), 6, 3, 2), ((5, 9, 8, 3), 2, 3, 2),
+    ((4, 11, 12, 2), 2, 5, 2), ((3, 7, 6, 2), 3, 3, 1)])
 @pytest.mark.parametrize('interleave', [False, True])
-def test_conv_bn_relu_maxpool_by_chunks_equals_ops(shape, chunk, interleave):
+def test_conv_bn_relu_maxpool_by_chunks_equals_ops(shape, chunk, window, stride, interleave):
   """The chunked stem gives the four ops' outputs, batch statistics and gradients
   (input, kernel, scale, bias); a chunk size that does not divide N falls to one that does."""
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
-  k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, shape[-1], 5)) * 0.3
+  k = jax.random.normal(jax.random.PRNGKey(1), (window, window, shape[-1], 5)) * 0.3
   scale = 1 + 0.1 * jax.random.normal(jax.random.PRNGKey(2), (5,))
   # Channel 0's bias leaves most of its windows at zero after the ReLU, where no
   # gradient may pass.
   bias = (0.1 * jax.random.normal(jax.random.PRNGKey(3), (5,))).at[0].set(-2.0)
 
   def ref(x, k, scale, bias):
-    y = jax.lax.conv_general_dilated(x, k, (2, 2), 'SAME',
+    y = jax.lax.conv_general_dilated(x, k, (stride, stride), 'SAME',
                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     bn = nn.BatchNorm(use_running_average=False, epsilon=1e-5)
     z, upd = bn.apply({'params': {'scale': scale, 'bias': bias},
@@ -174,8 +176,8 @@ def test_conv_bn_relu_maxpool_by_chunks_equals_ops(shape, chunk, interleave):
     return nn.max_pool(jax.nn.relu(z), (3, 3), (2, 2), 'SAME'), mean, var
 
   def got(x, k, scale, bias):
-    return layers.conv_bn_relu_maxpool(x, k, scale, bias, stride=2, pool=(3, 2), eps=1e-5,
-                                       chunk=chunk, interleave=interleave)
+    return layers.conv_bn_relu_maxpool(x, k, scale, bias, stride=stride, pool=(3, 2),
+                                       eps=1e-5, chunk=chunk, interleave=interleave)
 
   for a, b in zip(ref(x, k, scale, bias), got(x, k, scale, bias)):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
@@ -185,6 +187,31 @@ def test_conv_bn_relu_maxpool_by_chunks_equals_ops(shape, chunk, interleave):
   gb = jax.grad(loss(got), (0, 1, 2, 3))(x, k, scale, bias)
   for a, b in zip(ga, gb):
     np.testing.assert_allclose(a, b, atol=1e-4 * float(jnp.abs(a).max()))
+
+
+def test_conv_bn_relu_maxpool_normalises_uint8_frames_by_chunks():
+  """uint8 frames with `normalize` give what the float frames of `normalize_frames` give:
+  outputs, statistics, and kernel, scale and bias gradients; anything else is refused."""
+  frames = jax.random.randint(jax.random.PRNGKey(0), (6, 12, 14, 3), 0, 256).astype(jnp.uint8)
+  k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 4)) * 0.3
+  scale, bias = jnp.linspace(0.8, 1.2, 4), jnp.linspace(-0.2, 0.2, 4)
+  mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+  kw = dict(stride=2, pool=(3, 2), eps=1e-5, chunk=2)
+  ref = lambda k, s, b: layers.conv_bn_relu_maxpool(
+      layers.normalize_frames(frames, mean, std), k, s, b, **kw)
+  got = lambda k, s, b: layers.conv_bn_relu_maxpool(frames, k, s, b, normalize=(mean, std),
+                                                    **kw)
+  for a, b in zip(ref(k, scale, bias), got(k, scale, bias)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+  loss = lambda f: (lambda *a: jnp.sum(jnp.sin(f(*a)[0])))
+  for a, b in zip(jax.grad(loss(ref), (0, 1, 2))(k, scale, bias),
+                  jax.grad(loss(got), (0, 1, 2))(k, scale, bias)):
+    np.testing.assert_allclose(a, b, atol=1e-4 * float(jnp.abs(a).max()))
+  with pytest.raises(ValueError, match='uint8'):
+    layers.conv_bn_relu_maxpool(frames.astype(jnp.float32), k, scale, bias,
+                                normalize=(mean, std), **kw)
+  with pytest.raises(ValueError, match='uint8'):
+    layers.conv_bn_relu_maxpool(frames, k, scale, bias, **kw)
 
 
 def test_depthwise_conv_grid_equals_per_patch_convolutions():

@@ -70,3 +70,21 @@ def test_release_freed_memory_returns_freed_heap_pages():
   after = _rss_bytes()
   libc.free(ptrs[-1])
   assert before - after > n * size // 2, (before, after)
+
+
+def test_trace_top_groups_remat_blocks_by_module():
+  """The per-module totals of a traced step name the frame encoder's blocks, with the
+  forward a rematerialised block recomputes in its backward apart from that backward."""
+  import re
+  from configs import avt_ca
+  from experiments import backward_profile
+  cfg = avt_ca.get_config('tiny')
+  cfg.model.impl, cfg.model.remat = 'matmul', True
+  out = backward_profile.trace_top(cfg, 2, top=500, depth=2)
+  rows = re.findall(r'^\| (fwd|bwd|remat fwd) ([^|]*) \| ([\d.]+) \|', out, re.M)
+  groups = {(kind, path.strip()) for kind, path, _ in rows}
+  assert ('remat fwd', 'frame_encoder/InvertedResidual_0') in groups, out
+  assert ('bwd', 'frame_encoder/InvertedResidual_0') in groups, out
+  assert ('fwd', 'frame_encoder/InvertedResidual_0') in groups, out
+  # The backward's repeated outer path is said once.
+  assert not any('frame_encoder/frame_encoder' in p or 'AVTCA' in p for _, p in groups), out

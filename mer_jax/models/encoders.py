@@ -212,12 +212,18 @@ class _StemPool(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
+    # uint8 frames are normalised here (`layers.normalize_frames`); the chunked stem does
+    # it chunk by chunk, without a float copy of all frames.
     if train and _stem_chunked(self.impl, self.dtype):
       kernel = _Kernel((3, 3, x.shape[-1], self.features), name='Conv_0')()
+      frames = x.dtype == jnp.uint8
       return _BatchNormOf(self.features, name='BatchNorm_0')(
           lambda scale, bias: layers.conv_bn_relu_maxpool(
-              x.astype(jnp.float32), kernel, scale, bias, stride=2, pool=(3, 2), eps=1e-5,
-              chunk=layers.STEM_CHUNK))
+              x if frames else x.astype(jnp.float32), kernel, scale, bias, stride=2,
+              pool=(3, 2), eps=1e-5, chunk=layers.STEM_CHUNK,
+              normalize=layers.FRAME_NORMALIZATION if frames else None))
+    if x.dtype == jnp.uint8:
+      x = layers.normalize_frames(x)
     x = layers.Conv(self.features, (3, 3), 2, impl=self.impl, dtype=self.dtype, name='Conv_0')(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                      name='BatchNorm_0')(x)
@@ -250,13 +256,13 @@ class EfficientFrameEncoder(nn.Module):
     # inputs stay alive for the backward pass, one block's internals at a time.
     ck = (lambda cls, *static: nn.remat(cls, static_argnums=static)) if self.remat else (
         lambda cls, *static: cls)
-    x = layers.normalize_frames(frames) if frames.dtype == jnp.uint8 else frames
     if self.arch == 'efficientface':
+      x = layers.normalize_frames(frames) if frames.dtype == jnp.uint8 else frames
       x = efficientface.EfficientFace(impl=self.impl, name='backbone')(x, train)
       return nn.Dense(self.out_dim, name='proj')(x)
     if self.arch != 'compact':
       raise ValueError(f"arch must be 'compact' or 'efficientface', got {self.arch!r}")
-    x = x.astype(self.dtype)
+    x = frames if frames.dtype == jnp.uint8 else frames.astype(self.dtype)
     # The chunked stem already keeps no full-resolution map: nothing to rematerialise.
     stem_cls = _StemPool if _stem_chunked(self.impl, self.dtype) else ck(_StemPool, 2)
     x = stem_cls(self.stem_features, self.impl, self.dtype, name='ConvBNAct_0')(x, train)

@@ -680,7 +680,12 @@ def sinusoidal_positions(length: int, dim: int) -> Array:
   return enc
 
 
-def normalize_frames(video: Array, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> Array:
+# ImageNet's per-channel mean and std of RGB values in [0, 1].
+FRAME_NORMALIZATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def normalize_frames(video: Array, mean=FRAME_NORMALIZATION[0],
+                     std=FRAME_NORMALIZATION[1]) -> Array:
   """u8[..., 3] frames -> f32 standardised with ImageNet statistics."""
   x = video.astype(jnp.float32) / 255.0
   return (x - jnp.asarray(mean)) / jnp.asarray(std)
@@ -814,7 +819,9 @@ STEM_CHUNK = 4
 
 def conv_bn_relu_maxpool(x: Array, kernel: Array, scale: Array, bias: Array, *, stride: int,
                          pool: tuple[int, int], eps: float, chunk: int,
-                         interleave: Optional[bool] = None) -> tuple[Array, Array, Array]:
+                         interleave: Optional[bool] = None,
+                         normalize: Optional[tuple[Sequence[float], Sequence[float]]] = None
+                         ) -> tuple[Array, Array, Array]:
   """SAME conv (no bias) -> train-mode BatchNorm -> ReLU -> SAME max-pool, by chunks.
 
   The same numbers as the four ops in sequence (flax's BatchNorm: biased variance as
@@ -825,7 +832,9 @@ def conv_bn_relu_maxpool(x: Array, kernel: Array, scale: Array, bias: Array, *, 
   scale and bias gradients follow from per-chunk sums (patches^T g, the patches' Gram
   matrix, patch sums) and the statistics. Returns (pooled, batch mean, batch variance);
   the last two carry no gradient (they feed the running averages).
-  x: [N, H, W, Cin] float32 data; kernel [k, k, Cin, Cout]; scale, bias [Cout].
+  x: [N, H, W, Cin] float32 data, or uint8 frames with `normalize` = (mean, std) per
+  channel of x / 255, applied chunk by chunk (no float copy of the whole input is made or
+  kept; x then gets no gradient); kernel [k, k, Cin, Cout]; scale, bias [Cout].
   """
   n, h, w, cin = x.shape
   k = kernel.shape[0]
@@ -841,7 +850,15 @@ def conv_bn_relu_maxpool(x: Array, kernel: Array, scale: Array, bias: Array, *, 
     xs = jnp.moveaxis(x.reshape((chunk, n // chunk) + x.shape[1:]), 1, 0)
   else:
     xs = x.reshape((n // chunk, chunk) + x.shape[1:])
-  geom = (stride, pool, out_hw, k, pads)
+  if normalize is not None:
+    if x.dtype != jnp.uint8:
+      raise ValueError(f'normalize applies to uint8 frames, got {x.dtype}')
+    mean_, std_ = (tuple(float(v) for v in a) for a in normalize)
+    normalize = (tuple(1.0 / (255.0 * sd) for sd in std_),
+                 tuple(-m / sd for m, sd in zip(mean_, std_)))
+  elif x.dtype != jnp.float32:
+    raise ValueError(f'the chunked stem takes float32 data or uint8 frames, got {x.dtype}')
+  geom = (stride, pool, out_hw, k, pads, normalize)
   pooled, mean, var = _cbrp(xs, kernel.reshape(k * k * cin, -1), scale, bias, eps, geom)
   if interleave:
     pooled = jnp.moveaxis(pooled, 0, 1)
@@ -850,11 +867,14 @@ def conv_bn_relu_maxpool(x: Array, kernel: Array, scale: Array, bias: Array, *, 
 
 
 def _cbrp_pad(xc, geom):
+  normalize = geom[5]
+  if normalize is not None:
+    xc = xc.astype(jnp.float32) * jnp.asarray(normalize[0]) + jnp.asarray(normalize[1])
   return jnp.pad(xc, ((0, 0),) + geom[4] + ((0, 0),))
 
 
 def _cbrp_patches(xc, geom):
-  stride, _, out_hw, k, _ = geom
+  stride, _, out_hw, k, _, _ = geom
   return _patches(_cbrp_pad(xc, geom), (k, k), (stride, stride), out_hw)
 
 
@@ -885,7 +905,7 @@ def _cbrp_stats(xs, wmat, geom):
 
 def _cbrp_chunk_fwd(xc, wmat, scale, bias, mean, rstd, geom):
   """One chunk: patches, y_hat, the pre-ReLU z, the padded activation and pool."""
-  _, pool, out_hw, _, _ = geom
+  pool, out_hw = geom[1], geom[2]
   p, y = _cbrp_conv(xc, wmat, geom)
   yhat = (y - mean) * rstd
   z = yhat * scale + bias
@@ -918,7 +938,7 @@ def _cbrp_fwd(xs, wmat, scale, bias, eps, geom):
 
 def _cbrp_grad_chunk(xc, g, wmat, scale, bias, mean, rstd, geom):
   """One chunk's patches, y_hat and the gradient reaching the pre-ReLU z."""
-  _, pool, out_hw, _, _ = geom
+  pool, out_hw = geom[1], geom[2]
   p, yhat, z, ap, pooled_hw = _cbrp_chunk_fwd(xc, wmat, scale, bias, mean, rstd, geom)
   _, idx = _max_and_index(ap, pool[0], pool[1], pooled_hw)
   gap = _max_pool_bwd_residues(pool[0], pool[1], ap.shape[1:3], idx, g)
@@ -931,7 +951,7 @@ def _cbrp_bwd(eps, geom, res, cts):
   xs, idxs, gram, psum, wmat, scale, bias, mean, rstd = res
   gpool = cts[0]  # the statistics' cotangents are zero (stop_gradient)
   kdim, cout = wmat.shape
-  stride, pool, out_hw, k, pads = geom
+  stride, pool, out_hw, k, pads, normalize = geom
   ph, pw = _cbrp_pool_pads(out_hw, pool)
   padded_hw = (out_hw[0] + sum(ph), out_hw[1] + sum(pw))
 
@@ -962,7 +982,8 @@ def _cbrp_bwd(eps, geom, res, cts):
     dxp = _patch_input_grad(_cbrp_pad(xc, geom), gy, wmat, (k, k), (stride, stride), out_hw)
     return None, dxp[:, pads[0][0]:pads[0][0] + xc.shape[1], pads[1][0]:pads[1][0] + xc.shape[2]]
 
-  _, dxs = jax.lax.scan(dx_body, None, (xs, gpool))
+  # Normalised uint8 frames are data: no gradient.
+  dxs = None if normalize is not None else jax.lax.scan(dx_body, None, (xs, gpool))[1]
   return dxs, dw.astype(wmat.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
 
 
