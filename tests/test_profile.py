@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_profile_tiny_config():
   from configs import avt_ca
@@ -72,6 +74,7 @@ def test_release_freed_memory_returns_freed_heap_pages():
   assert before - after > n * size // 2, (before, after)
 
 
+@pytest.mark.slow  # a traced compile of the whole model (40 s on 2 cores)
 def test_trace_top_groups_remat_blocks_by_module():
   """The per-module totals of a traced step name the frame encoder's blocks, with the
   forward a rematerialised block recomputes in its backward apart from that backward."""
