@@ -86,6 +86,7 @@ def get_builder(dataset_cfg, build_if_missing: bool = True):
       builder.download_and_prepare(
           download_config=builder_lib.download_config(
               manual_dir, dataset_cfg.get('beam_runner', ''), dataset_cfg.get('beam_options', '')))
+      builder_lib.close_pool()  # the build's workers are not needed for training
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices(f'built {dataset_cfg.name}')

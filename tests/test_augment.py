@@ -429,7 +429,7 @@ def test_first_numba_use_holds_a_lock_with_a_shared_cache(tmp_path, monkeypatch)
   assert other_process_sees() == 'free'
   with audio_features.numba_first_use(key):  # already used here: no lock taken
     assert other_process_sees() == 'free'
-  assert not (tmp_path / 'seed').exists()
+  assert not [p for p in tmp_path.iterdir() if p.name.startswith('seed')]
 
 
 def test_private_numba_cache_per_process_and_a_shared_seed(tmp_path, monkeypatch):
@@ -447,7 +447,8 @@ def test_private_numba_cache_per_process_and_a_shared_seed(tmp_path, monkeypatch
   other_process_sees = _lock_probe(str(tmp_path / 'shared' / '.first_use.lock'))
   with audio_features.numba_first_use(('private', str(tmp_path))):
     assert other_process_sees() == 'free'  # compiling privately needs no lock
-  seed = tmp_path / 'shared' / 'seed'
+  seed = pathlib.Path(audio_features._seed_dir())
+  assert seed.parent == tmp_path / 'shared'
   assert (seed / 'librosa_x' / 'k.nbi').read_text() == 'index'
   (private / 'librosa_x' / 'k.nbi').write_text('changed')
   with audio_features.numba_first_use(('private2', str(tmp_path))):
@@ -461,7 +462,10 @@ def test_private_numba_cache_per_process_and_a_shared_seed(tmp_path, monkeypatch
   env['HOME'] = str(tmp_path / 'home')
   (tmp_path / 'home' / '.cache' / 'numba').mkdir(parents=True)
   import shutil
-  shutil.copytree(seed, tmp_path / 'home' / '.cache' / 'numba' / 'seed')
+  shutil.copytree(seed, tmp_path / 'home' / '.cache' / 'numba' / seed.name)
+  # A seed of another installation (other paths or mtimes of librosa and numba) is not read.
+  shutil.copytree(seed, tmp_path / 'home' / '.cache' / 'numba' / 'seed-0123456789abcdef')
+  (tmp_path / 'home' / '.cache' / 'numba' / 'seed-0123456789abcdef' / 'librosa_y').mkdir()
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
                        env=env, cwd=str(pathlib.Path(__file__).resolve().parents[1])).stdout.split('\n')
   assert out[0] != os.environ.get('NUMBA_CACHE_DIR') and out[0] != str(private)

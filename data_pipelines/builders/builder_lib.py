@@ -80,7 +80,7 @@ def require_manual_dir(name: str, manual_dir, must_contain: Sequence[str],
   return manual_dir
 
 
-def _num_workers() -> int:
+def num_workers() -> int:
   env = os.environ.get(WORKERS_ENV)
   if env:
     return max(int(env), 1)
@@ -100,6 +100,11 @@ def _pool(n: int):
       import atexit
       atexit.register(_POOL.terminate)
   return _POOL
+
+
+def shared_pool():
+  """The spawned worker pool every build of this process shares (num_workers() processes)."""
+  return _pool(num_workers())
 
 
 def close_pool():
@@ -171,13 +176,13 @@ def process_files(module: str, func: str, items: Sequence, cfg, desc: str,
   """
   from tqdm import tqdm
   items = list(items)
-  n = min(_num_workers(), len(items)) if items else 1
+  n = min(num_workers(), len(items)) if items else 1
   cfg = plain_config(cfg)
   tasks = list(enumerate((module, func, item, cfg) for item in items))
   if n <= 1:
     results = map(_call_indexed, tasks)
   else:
-    results = _pool(_num_workers()).imap_unordered(_call_indexed, tasks, chunksize=1)
+    results = shared_pool().imap_unordered(_call_indexed, tasks, chunksize=1)
   for index, res in tqdm(results, total=len(tasks), desc=desc, unit='file',
                          mininterval=2.0,
                          disable=os.environ.get('MER_JAX_NO_PROGRESS') == '1'):
@@ -422,7 +427,7 @@ def beam_pipeline_flags(runner: str = 'DirectRunner', num_workers: Optional[int]
   flags = [f'--runner={runner}']
   given = {o.split('=', 1)[0].lstrip('-') for o in options}
   if runner in LOCAL_RUNNERS:
-    n = num_workers or _num_workers()
+    n = num_workers or num_workers()
     if 'direct_num_workers' not in given:
       flags.append(f'--direct_num_workers={n}')
     if 'direct_running_mode' not in given:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import multiprocessing as mp
-import os
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -100,12 +98,17 @@ class SyntheticAv(tfds.core.GeneratorBasedBuilder):
     return _run_local(work, keys)
 
 
+# A spawned worker first imports the feature code and loads librosa's numba kernels
+# (seconds; tens of seconds when they compile): a split smaller than this per worker
+# is rendered in this process (the small variant: 144 clips at ~0.06 s each).
+_MIN_CLIPS_PER_WORKER = 128
+
+
 def _run_local(work, keys):
-  procs = min(len(keys), os.cpu_count() or 1)
+  """Renders `keys` on the shared build pool (MER_JAX_BUILD_WORKERS, default one per
+  core; kept for the next split) or, for few keys, in this process."""
+  procs = min(len(keys) // _MIN_CLIPS_PER_WORKER, builder_lib.num_workers())
   if procs <= 1:
     yield from map(work, keys)
     return
-  # Fork-free workers: TF and JAX do not survive fork.
-  ctx = mp.get_context('spawn')
-  with ctx.Pool(procs) as pool:
-    yield from pool.imap_unordered(work, keys, chunksize=8)
+  yield from builder_lib.shared_pool().imap_unordered(work, keys, chunksize=8)

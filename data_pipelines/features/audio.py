@@ -27,6 +27,32 @@ _SHARED_NUMBA_CACHE = os.path.join(os.path.expanduser('~'), '.cache', 'numba')
 _PRIVATE_OWNER = 'MER_JAX_NUMBA_CACHE_OWNER'  # pid of the process the private folder is for
 
 
+def _installation_key() -> str:
+  """Names the installed librosa and numba (paths, versions' files, mtimes) without
+  importing them. numba's cache entries hold the source folder's path and the source
+  file's mtime, so a seed from another install (a fresh clone's venv, a reinstall)
+  misses every entry and each process would compile again."""
+  import hashlib
+  import importlib.util
+  import sys
+  parts = [sys.version]
+  for name in ('librosa', 'numba'):
+    try:
+      origin = importlib.util.find_spec(name).origin
+      parts += [origin, str(os.stat(origin).st_mtime_ns)]
+    except (ImportError, AttributeError, TypeError, OSError, ValueError):
+      parts.append(f'{name}?')
+  return hashlib.sha1('\n'.join(parts).encode()).hexdigest()[:16]
+
+
+def _seed_dir() -> str:
+  """The shared seed for this installation."""
+  return os.path.join(_SHARED_NUMBA_CACHE, f'seed-{_SEED_KEY}')
+
+
+_SEED_KEY = _installation_key()
+
+
 def _remove_stale_private_caches(parent: str):
   """Private folders of processes that are gone (killed pool workers skip atexit)."""
   import shutil
@@ -59,7 +85,7 @@ def _private_numba_cache() -> Optional[str]:
   except OSError:  # no writable home: the system's temp folder
     parent = None
   private = tempfile.mkdtemp(prefix=f'{os.getpid()}-', dir=parent)
-  seed = os.path.join(_SHARED_NUMBA_CACHE, 'seed')
+  seed = _seed_dir()
   if os.path.isdir(seed):
     try:
       shutil.copytree(seed, private, dirs_exist_ok=True)
@@ -82,7 +108,7 @@ def _publish_seed():
   """Copies this process's private cache to the shared seed if there is none yet
   (called under the inter-process lock; the rename makes it appear whole)."""
   import shutil
-  seed = os.path.join(_SHARED_NUMBA_CACHE, 'seed')
+  seed = _seed_dir()
   if _PRIVATE_NUMBA_CACHE is None or os.path.isdir(seed):
     return
   tmp = f'{seed}.{os.getpid()}.tmp'
