@@ -102,10 +102,12 @@ def test_beam_runner_env_rejects_unknown(monkeypatch):
   assert not builder_lib.use_beam()
 
 
-def test_beam_pipeline_flags():
+def test_beam_pipeline_flags(monkeypatch):
   flags = builder_lib.beam_pipeline_flags('DirectRunner', num_workers=3)
   assert flags == ['--runner=DirectRunner', '--direct_num_workers=3',
                    '--direct_running_mode=multi_processing']
+  monkeypatch.setenv(builder_lib.WORKERS_ENV, '2')  # the default: the build's worker count
+  assert builder_lib.beam_pipeline_flags()[1] == '--direct_num_workers=2'
   cluster = builder_lib.beam_pipeline_flags(
       'DataflowRunner', options=['project=p', 'region=europe-west4'])
   assert cluster == ['--runner=DataflowRunner', '--project=p', '--region=europe-west4']

@@ -80,7 +80,7 @@ def require_manual_dir(name: str, manual_dir, must_contain: Sequence[str],
   return manual_dir
 
 
-def num_workers() -> int:
+def build_workers() -> int:
   env = os.environ.get(WORKERS_ENV)
   if env:
     return max(int(env), 1)
@@ -103,8 +103,8 @@ def _pool(n: int):
 
 
 def shared_pool():
-  """The spawned worker pool every build of this process shares (num_workers() processes)."""
-  return _pool(num_workers())
+  """The spawned worker pool every build of this process shares (build_workers() processes)."""
+  return _pool(build_workers())
 
 
 def close_pool():
@@ -176,7 +176,7 @@ def process_files(module: str, func: str, items: Sequence, cfg, desc: str,
   """
   from tqdm import tqdm
   items = list(items)
-  n = min(num_workers(), len(items)) if items else 1
+  n = min(build_workers(), len(items)) if items else 1
   cfg = plain_config(cfg)
   tasks = list(enumerate((module, func, item, cfg) for item in items))
   if n <= 1:
@@ -427,7 +427,7 @@ def beam_pipeline_flags(runner: str = 'DirectRunner', num_workers: Optional[int]
   flags = [f'--runner={runner}']
   given = {o.split('=', 1)[0].lstrip('-') for o in options}
   if runner in LOCAL_RUNNERS:
-    n = num_workers or num_workers()
+    n = num_workers or build_workers()
     if 'direct_num_workers' not in given:
       flags.append(f'--direct_num_workers={n}')
     if 'direct_running_mode' not in given:

@@ -107,7 +107,7 @@ _MIN_CLIPS_PER_WORKER = 128
 def _run_local(work, keys):
   """Renders `keys` on the shared build pool (MER_JAX_BUILD_WORKERS, default one per
   core; kept for the next split) or, for few keys, in this process."""
-  procs = min(len(keys) // _MIN_CLIPS_PER_WORKER, builder_lib.num_workers())
+  procs = min(len(keys) // _MIN_CLIPS_PER_WORKER, builder_lib.build_workers())
   if procs <= 1:
     yield from map(work, keys)
     return
