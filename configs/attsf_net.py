@@ -50,6 +50,9 @@ def defaults(c):
   c.model.use_positional_embedding = True  # Fig. 1's positional embedding
   c.model.fusion_block = 'cmb'  # Table VIII: 'cmb' cross-multimodal block or 'seb'
   c.model.aux_encoder = 'avam'  # Table VIII: 'avam' transformer auxiliaries or 'pool'
+  # CMB and SAB stacks as one scan over stacked weights (same numbers; compiles each
+  # layer once) or unrolled with one parameter group per layer (cmb_a2v_0, ...).
+  c.model.scan_layers = True
   # Eq. 18 weights as the paper names them.
   c.loss.lambda_a = 0.5
   c.loss.lambda_v = 0.5

@@ -16,8 +16,9 @@ the config's VARIANT_BASES names the one preset a variant is for.
 
 Prints one row per check (config, dataset config, input shapes, ok or why) and
 exits 0 only if every check passes. Built datasets are cached under --work.
-Each dataset is built once, before the checks; the checks then run in
---jobs worker processes, and rows are printed in order. A reference whose
+Each dataset is built once; the builds and checks share --jobs worker
+processes, a check starting as soon as its dataset is built, the costliest
+first, and rows are printed as checks finish. A reference whose
 resolved config equals an earlier one's (e.g. `paper_shapes` and the paper's
 dataset preset) reuses that check's result and says so. A check runs each step
 once, on whatever values: by default they are drawn with numpy (`--init=host`), which
@@ -266,6 +267,57 @@ def _sources_for(ref: str, sources: dict) -> None:
     pass
 
 
+def _build_key(config) -> tuple:
+  return (config.dataset.name, int(config.dataset.get('train_augment_copies', 0) or 0))
+
+
+def _cost(ref: str) -> float:
+  """A check's expected seconds, for ordering only: input values per example
+  (video frames dominate both the steps and the compiled program's size)."""
+  import numpy as np
+  from experiments import definitions as defs
+  from mer_jax import assembly
+  try:
+    shapes = assembly.example_shapes(defs.load_config(ref))
+  except Exception:  # the check reports it
+    return 0.0
+  return float(sum(np.prod(s) for s in shapes.values()))
+
+
+def _schedule(pool, jobs: int, builds: list, checks: list, needs: dict, cost: dict):
+  """Runs `builds` ((key, ref) pairs) first, then each check once its build is
+  done, the costliest ready one first (the longest jobs start early, the short
+  ones fill the end), at most `jobs` at a time. Yields ('built', ref, why),
+  ('builds done', None, None) and ('checked', ref, row) as they finish."""
+  import concurrent.futures as cf
+  pending_builds = list(builds)
+  built = set()
+  waiting = sorted(checks, key=lambda r: -cost.get(r, 0.0))
+  running = {}
+  announced = False
+  while pending_builds or waiting or running:
+    while len(running) < jobs and (pending_builds or waiting):
+      if pending_builds:
+        key, ref = pending_builds.pop(0)
+        running[pool.submit(_prepare_in_worker, ref)] = ('built', ref)
+        continue
+      ready = [r for r in waiting if needs.get(r) is None or needs[r] in built]
+      if not ready:
+        break
+      waiting.remove(ready[0])
+      running[pool.submit(_check_in_worker, ready[0])] = ('checked', ready[0])
+    finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+    for fut in finished:
+      event, ref = running.pop(fut)
+      if event == 'built':
+        built.add(needs[ref])
+      yield event, ref, fut.result()
+    if not announced and not pending_builds and not any(
+        e == 'built' for e, _ in running.values()):
+      announced = True
+      yield 'builds done', None, None
+
+
 # Worker processes: each imports jax and the builders once and keeps them.
 _WORKER = {}
 
@@ -327,43 +379,56 @@ def main(argv):
                     [p for p in FLAGS.presets.split(',') if p], FLAGS.variants == 'all')
   print(f'{len(refs)} checks; datasets under {work}', flush=True)
   data_dir = str(work / 'tfds')
-  # Fixtures and builds first, one per dataset config, so that no two workers
-  # write the same files.
+  # One build per dataset config, so that no two workers write the same files;
+  # each check starts as soon as the build it reads is done.
   from experiments import definitions as defs
-  first = {}
+  first, needs = {}, {}
   for ref in refs:
     try:
-      key = (defs.load_config(ref).dataset.name,
-             int(defs.load_config(ref).dataset.get('train_augment_copies', 0) or 0))
+      key = _build_key(defs.load_config(ref))
     except Exception:  # the check reports it
       continue
     first.setdefault(key, ref)
+    needs[ref] = key
   for ref in first.values():
     _sources_for(ref, sources)
   jobs = FLAGS.jobs or os.cpu_count() or 1
+  same = _same_as(refs)
+  todo = [r for r in refs if r not in same]
+  cost = {r: _cost(r) for r in todo}
   t0 = time.time()
+  header = f"{'config':44s} {'dataset config':28s} {'shapes':58s} result"
+  rows, done = {}, {}
+  print(f'{jobs} worker(s); builds first, then checks, the costliest first\n{header}\n'
+        + '-' * len(header), flush=True)
+
+  def report(ref, r, note=''):
+    rows[ref] = r
+    print(f"[{len(rows):{len(str(len(refs)))}d}/{len(refs)}] {r['config']:44s} "
+          f"{r['dataset']:28s} {r['shapes'][:58]:58s} "
+          f"{'ok' if r['ok'] else 'FAIL ' + r['why']} ({_timing(r)}){note}", flush=True)
+
   with _pool(jobs, shared, work) as pool:
-    for key, why in zip(first, pool.map(_prepare_in_worker, first.values())):
-      print(f'built {key[0]}' + (f' (copies={key[1]})' if key[1] else '') +
-            (f': FAILED {why}' if why else ''), flush=True)
-    print(f'datasets ready in {time.time() - t0:.0f}s; {jobs} worker(s)', flush=True)
-    rows, done = [], {}
-    same = _same_as(refs)
-    header = f"{'config':44s} {'dataset config':28s} {'shapes':58s} result"
-    print(header)
-    print('-' * len(header))
-    checked = iter(pool.map(_check_in_worker, [r for r in refs if r not in same]))
-    for ref in refs:
-      if ref in same:
-        r = dict(done[same[ref]], config=ref.replace('configs/', ''), seconds=0.0)
-        note = f" (same config as {same[ref].replace('configs/', '')})"
-      else:
-        r, note = next(checked), ''
-        done[ref] = r
-      rows.append(r)
-      print(f"{r['config']:44s} {r['dataset']:28s} {r['shapes'][:58]:58s} "
-            f"{'ok' if r['ok'] else 'FAIL ' + r['why']} ({_timing(r)}){note}", flush=True)
+    for event, ref, result in _schedule(pool, jobs, list(first.items()), todo, needs, cost):
+      if event == 'built':
+        key = needs[ref]
+        print(f'built {key[0]}' + (f' (copies={key[1]})' if key[1] else '') +
+              (f': FAILED {result}' if result else '') + f' ({time.time() - t0:.0f}s)',
+              flush=True)
+        continue
+      if event == 'builds done':
+        print(f'datasets ready in {time.time() - t0:.0f}s', flush=True)
+        continue
+      done[ref] = result
+      report(ref, result)
+      for other in refs:
+        if same.get(other) == ref:
+          report(other, dict(result, config=other.replace('configs/', ''), seconds=0.0),
+                 f" (same config as {ref.replace('configs/', '')})")
+  rows = [rows[r] for r in refs]
   failed = [r for r in rows if not r['ok']]
+  for r in failed:
+    print(f"FAILED {r['config']}: {r['why']}")
   print(f'\n{len(rows) - len(failed)} passed, {len(failed)} failed in '
         f'{time.time() - t0:.0f}s')
   sys.exit(1 if failed else 0)

@@ -1,6 +1,7 @@
 """The preset grammar shared by every config file, and what presets promise."""
 
 import importlib
+import time
 
 import pytest
 
@@ -135,3 +136,51 @@ def test_preset_check_runs_each_distinct_config_once():
           'configs/avt_ca.py:ravdess+it1', 'configs/avt_ca.py:ravdess,seed=1']
   same = check_presets._same_as(refs)
   assert same == {'configs/avt_ca.py:paper_shapes': 'configs/avt_ca.py:ravdess'}
+
+
+def test_preset_check_schedule_builds_first_then_the_costliest_ready_check(monkeypatch):
+  import concurrent.futures
+  import threading
+  from experiments import check_presets
+  log, lock, running = [], threading.Lock(), [0, 0]
+
+  def task(kind, fail=False):
+    def fn(ref):
+      with lock:
+        running[0] += 1
+        running[1] = max(running[1], running[0])
+        log.append(('start', kind, ref))
+      time.sleep(0.05)
+      with lock:
+        running[0] -= 1
+        log.append(('end', kind, ref))
+      if kind == 'build':
+        return 'ValueError: no files' if ref == 'b:broken' else ''
+      return {'ref': ref}
+    return fn
+
+  monkeypatch.setattr(check_presets, '_prepare_in_worker', task('build'))
+  monkeypatch.setattr(check_presets, '_check_in_worker', task('check'))
+  builds = [(('a', 0), 'a:small'), (('b', 0), 'b:broken')]
+  needs = {'a:small': ('a', 0), 'a:big': ('a', 0), 'b:broken': ('b', 0), 'b:other': ('b', 0)}
+  checks = ['a:small', 'a:big', 'b:broken', 'b:other', 'c:unloadable']
+  cost = {'a:small': 1, 'a:big': 100, 'b:broken': 5, 'b:other': 50, 'c:unloadable': 0}
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    events = list(check_presets._schedule(pool, 2, builds, checks, needs, cost))
+  assert running[1] <= 2
+  checked = [r for e, r, _ in events if e == 'checked']
+  assert sorted(checked) == sorted(checks)  # a failed build's checks still run (and report it)
+  built = {r: why for e, r, why in events if e == 'built'}
+  assert built == {'a:small': '', 'b:broken': 'ValueError: no files'}
+  assert sum(e == 'builds done' for e, _, _ in events) == 1
+  started = [(k, r) for what, k, r in log if what == 'start']
+  assert started[:2] == [('build', 'a:small'), ('build', 'b:broken')]
+  ended_build = {r: i for i, (what, k, r) in enumerate(log) if what == 'end' and k == 'build'}
+  for i, (what, kind, ref) in enumerate(log):
+    if what == 'start' and kind == 'check' and ref in needs:
+      build_ref = {'a': 'a:small', 'b': 'b:broken'}[needs[ref][0]]
+      assert ended_build[build_ref] < i, f'{ref} started before its dataset was built'
+  # Among checks ready together, the costliest starts first.
+  order = [r for k, r in started if k == 'check']
+  assert order.index('a:big') < order.index('a:small')
+  assert order.index('b:other') < order.index('b:broken')

@@ -18,6 +18,7 @@ import pytest
 
 from mer_jax import contract as bc
 from mer_jax import assembly, models
+from mer_jax.models import attsf_net
 
 PAPERS = ['ofcmaer_cat', 'tucker_fusion', 'attsf_net', 'mmt_ca']
 B = 4
@@ -538,7 +539,7 @@ def test_attsf_table_viii_replacements():
   seb = base.clone(fusion_block='seb')
   variables = _init(seb, batch)
   names = set(variables['params'])
-  assert {'seb_audio_self', 'seb_0'} <= names and not any(n.startswith('cmb_') for n in names)
+  assert {'seb_audio_self', 'seb_layers'} <= names and not any(n.startswith('cmb_') for n in names)
   out = seb.apply(variables, batch, train=False)
   loss, aux = models.get('attsf_net').loss_fn(out, batch, config.loss)
   assert np.isfinite(float(loss)) and 'L_sim' in aux
@@ -555,6 +556,34 @@ def test_attsf_table_viii_replacements():
   for bad in ({'fusion_block': 'x'}, {'aux_encoder': 'x'}):
     with pytest.raises(ValueError):
       _init(base.clone(**bad), batch)
+
+
+@pytest.mark.parametrize('fusion_block', ['cmb', 'seb'])
+def test_attsf_scanned_layers_match_the_unrolled_ones(fusion_block):
+  # One scan over stacked weights compiles each layer once; same numbers as one
+  # parameter group per layer, whose checkpoints stack_layer_params converts.
+  config = _config('attsf_net')
+  batch = _random_batch(config)
+  scanned = models.build(config.model, 6).clone(fusion_block=fusion_block)
+  assert scanned.scan_layers
+  unrolled = scanned.clone(scan_layers=False)
+  variables = _init(unrolled, batch)
+  assert f'{fusion_block}_layers' not in variables['params']
+  stacked = dict(variables, params=attsf_net.stack_layer_params(variables['params'],
+                                                                scanned.num_layers))
+  chex.assert_trees_all_equal_structs(stacked['params'], _init(scanned, batch)['params'])
+  assert stacked['params']['sab_layers']['block']['self']['query']['kernel'].shape[0] == \
+      scanned.num_layers
+  rngs = {'dropout': jax.random.PRNGKey(5)}
+  for train in (False, True):
+    want = unrolled.apply(variables, batch, train=train, rngs=rngs, mutable=['batch_stats',
+                                                                              'intermediates'])
+    got = scanned.apply(stacked, batch, train=train, rngs=rngs, mutable=['batch_stats',
+                                                                          'intermediates'])
+    if not train:  # dropout masks are drawn per layer in either layout, differently
+      chex.assert_trees_all_close(got[0], want[0], atol=1e-5)
+      chex.assert_trees_all_close(got[1]['intermediates'], want[1]['intermediates'], atol=1e-5)
+    chex.assert_trees_all_close(got[1]['batch_stats'], want[1]['batch_stats'], atol=1e-5)
 
 
 def test_ofcmaer_transformer_reads_weighted_features():

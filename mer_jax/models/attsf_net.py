@@ -39,6 +39,9 @@ Config switches for the paper's ambiguous points (defaults = the paper's reading
   audio_align  'lstm' | 'linear' (Table VIII: LSTM -> Linear).
   fusion  'sum' | 'l2' | 'gat' (Section III-F); use_sab, use_audio_aux,
         use_video_aux (Table VII ablations).
+  scan_layers  True: the CMB/SEB and SAB stacks are one lax.scan over stacked
+        weights (same numbers, each layer compiled once); False: one parameter
+        group per layer (stack_layer_params converts those parameters).
 
 Padding: `<modality>_valid` ([B, T], 1 = real step, real steps first). The audio
 CNN tracks the mask through its VALID convolutions and pools (a step is valid
@@ -156,6 +159,58 @@ class SimilarityAdjustmentBlock(nn.Module):
     return nn.LayerNorm()(x + drop(layers.FeedForward(self.d_ff, self.dropout_rate, nn.relu)(x, train)))
 
 
+class _CMBLayer(nn.Module):
+  """One scanned layer of CMBs: both directions, each with its own weights."""
+  num_heads: int
+  d_ff: int
+  dropout_rate: float
+  train: bool
+
+  @nn.compact
+  def __call__(self, carry, a, v):
+    a2v, v2a = carry
+    blk = lambda name: CrossModalBlock(self.num_heads, self.d_ff, self.dropout_rate, name=name)
+    a2v, w_av = blk('a2v')(a2v, v, self.train)
+    v2a, w_va = blk('v2a')(v2a, a, self.train)
+    return (a2v, v2a), (w_av, w_va)
+
+
+class _SEBLayer(nn.Module):
+  """One scanned SEB layer: one block serves both directions."""
+  num_heads: int
+  d_ff: int
+  dropout_rate: float
+  train: bool
+
+  @nn.compact
+  def __call__(self, carry, a_enh, v):
+    a2v, v2a = carry
+    blk = SimilarityEnhancementBlock(self.num_heads, self.d_ff, self.dropout_rate, name='block')
+    a2v, w_av = blk(a2v, v, self.train)
+    v2a, w_va = blk(v2a, a_enh, self.train)
+    return (a2v, v2a), (w_av, w_va)
+
+
+class _SABLayer(nn.Module):
+  num_heads: int
+  d_ff: int
+  dropout_rate: float
+  train: bool
+
+  @nn.compact
+  def __call__(self, token, a, v):
+    return SimilarityAdjustmentBlock(self.num_heads, self.d_ff, self.dropout_rate,
+                                     name='block')(token, a, v, self.train), None
+
+
+def _scanned(layer_cls, length: int, name: str, **kw):
+  """`length` layers as one lax.scan over stacked weights (leading axis = layer):
+  XLA compiles the layer once instead of `length` times."""
+  return nn.scan(layer_cls, variable_axes={'params': 0}, split_rngs={'params': True,
+                                                                     'dropout': True},
+                 in_axes=(nn.broadcast, nn.broadcast), length=length)(name=name, **kw)
+
+
 class ATTSFNet(nn.Module):
   num_classes: int
   d_model: int = 128  # Table II "feature dimension"
@@ -191,6 +246,9 @@ class ATTSFNet(nn.Module):
   aux_encoder: str = 'avam'
   remat: bool = False  # recompute the frame encoder's activations in the backward pass
   dtype: str = 'float32'  # compute dtype of the encoders; params and fusion stay float32
+  # CMB/SEB and SAB stacks as one scan over stacked weights (cmb_layers, seb_layers,
+  # sab_layers: compiles each layer once) or as separate layers (cmb_a2v_0, ...).
+  scan_layers: bool = True
 
   def _fuse(self, main, aux, name):
     if self.fusion == 'sum':
@@ -256,22 +314,31 @@ class ATTSFNet(nn.Module):
     a, v = drop(a), drop(v)
 
     a2v, v2a = a, v
+    blk_kw = dict(num_heads=self.num_heads, d_ff=self.d_ff, dropout_rate=self.dropout_rate)
     if self.fusion_block == 'cmb':
       # CMB in both directions: a2v is audio-dominant (audio queries video).
-      for i in range(self.num_layers):
-        blk = lambda name: CrossModalBlock(self.num_heads, self.d_ff, self.dropout_rate, name=name)
-        a2v, w_av = blk(f'cmb_a2v_{i}')(a2v, v, train)
-        v2a, w_va = blk(f'cmb_v2a_{i}')(v2a, a, train)
+      if self.scan_layers:
+        (a2v, v2a), (w_av, w_va) = _scanned(_CMBLayer, self.num_layers, 'cmb_layers',
+                                            train=train, **blk_kw)((a2v, v2a), a, v)
+        w_av, w_va = w_av[-1], w_va[-1]
+      else:
+        for i in range(self.num_layers):
+          blk = lambda name: CrossModalBlock(name=name, **blk_kw)
+          a2v, w_av = blk(f'cmb_a2v_{i}')(a2v, v, train)
+          v2a, w_va = blk(f'cmb_v2a_{i}')(v2a, a, train)
     else:
       # AttA-NET: audio self-enhancement, then shared blocks in both directions.
-      a_enh, _ = SimilarityEnhancementBlock(self.num_heads, self.d_ff, self.dropout_rate,
-                                            name='seb_audio_self')(a, a, train)
+      a_enh, _ = SimilarityEnhancementBlock(name='seb_audio_self', **blk_kw)(a, a, train)
       a2v = a_enh
-      for i in range(self.num_layers):
-        blk = SimilarityEnhancementBlock(self.num_heads, self.d_ff, self.dropout_rate,
-                                         name=f'seb_{i}')
-        a2v, w_av = blk(a2v, v, train)
-        v2a, w_va = blk(v2a, a_enh, train)
+      if self.scan_layers:
+        (a2v, v2a), (w_av, w_va) = _scanned(_SEBLayer, self.num_layers, 'seb_layers',
+                                            train=train, **blk_kw)((a2v, v2a), a_enh, v)
+        w_av, w_va = w_av[-1], w_va[-1]
+      else:
+        for i in range(self.num_layers):
+          blk = SimilarityEnhancementBlock(name=f'seb_{i}', **blk_kw)
+          a2v, w_av = blk(a2v, v, train)
+          v2a, w_va = blk(v2a, a_enh, train)
     self.sow('intermediates', 'attention_audio_to_video', w_av)
     self.sow('intermediates', 'attention_video_to_audio', w_va)
     out = {}
@@ -297,9 +364,11 @@ class ATTSFNet(nn.Module):
     if self.use_sab:
       token = self.param('learnable_token', nn.initializers.normal(0.02), (1, 1, d))
       t = jnp.broadcast_to(token, (a.shape[0], 1, d))
-      for i in range(self.num_layers):
-        t = SimilarityAdjustmentBlock(self.num_heads, self.d_ff, self.dropout_rate,
-                                      name=f'sab_{i}')(t, a, v, train)
+      if self.scan_layers:
+        t, _ = _scanned(_SABLayer, self.num_layers, 'sab_layers', train=train, **blk_kw)(t, a, v)
+      else:
+        for i in range(self.num_layers):
+          t = SimilarityAdjustmentBlock(name=f'sab_{i}', **blk_kw)(t, a, v, train)
       out['sab_token'] = t[:, 0]
       feats.append(t[:, 0])
 
@@ -318,6 +387,20 @@ class ATTSFNet(nn.Module):
     h = drop(jnp.concatenate(feats, axis=-1))
     out['logits'] = nn.Dense(self.num_classes, name='classifier')(h)
     return out
+
+
+def stack_layer_params(params: dict, num_layers: int) -> dict:
+  """Parameters of the unrolled layout (`scan_layers=False`: cmb_a2v_0, sab_0, ...)
+  in the scanned layout (cmb_layers, seb_layers, sab_layers; layer = leading axis)."""
+  out = dict(params)
+  groups = {'cmb_layers': {'a2v': 'cmb_a2v_{}', 'v2a': 'cmb_v2a_{}'},
+            'seb_layers': {'block': 'seb_{}'}, 'sab_layers': {'block': 'sab_{}'}}
+  for group, parts in groups.items():
+    if not all(f.format(i) in params for f in parts.values() for i in range(num_layers)):
+      continue
+    out[group] = {part: jax.tree_util.tree_map(lambda *x: jnp.stack(x), *[
+        out.pop(f.format(i)) for i in range(num_layers)]) for part, f in parts.items()}
+  return out
 
 
 def loss(outputs, batch, loss_config):
