@@ -43,6 +43,9 @@ flags.DEFINE_enum('variants', 'all', ['all', 'none'], 'Also check every variant.
 flags.DEFINE_string('shared_data', '', 'Folder with the real samples (default ../shared/data).')
 flags.DEFINE_string('work', '', 'Folder for fixtures and built datasets (default: a temp dir).')
 flags.DEFINE_integer('batch_size', 2, 'Examples per checked step.')
+flags.DEFINE_integer('one_example_above', 5_000_000,
+                     'Steps whose inputs have more values per example check one example '
+                     '(90 frames of 224x224: a train step of two takes a minute here).')
 flags.DEFINE_integer('fast_compile_below', 250_000,
                      'Steps whose inputs have at most this many values per example compile '
                      'with XLA backend optimisation off (faster to compile, slower to run).')
@@ -143,7 +146,7 @@ def prepare(ref: str, sources: dict, data_dir: str) -> str:
 
 
 def check(ref: str, sources: dict, data_dir: str, batch_size: int,
-          fast_compile_below: int = 0, init: str = 'model') -> dict:
+          fast_compile_below: int = 0, init: str = 'model', one_example_above: int = 0) -> dict:
   """One preset: real batch, shapes, assembled run, one train and one eval step."""
   import numpy as np
   from data_pipelines import input_pipeline
@@ -156,7 +159,11 @@ def check(ref: str, sources: dict, data_dir: str, batch_size: int,
     config = _checked_config(ref, sources, data_dir)
     row['dataset'] = config.dataset.name
     builder = input_pipeline.get_builder(config.dataset)
+    values = sum(int(np.prod(s)) for s in assembly.example_shapes(config).values())
+    if one_example_above and values > one_example_above:
+      batch_size = 1
     batch = _real_batch(builder, batch_size)
+    row['batch_size'] = batch_size
     shapes = {k: tuple(v.shape[1:]) for k, v in batch.items() if k in ('audio', 'video',
                                                                         'text', 'physio')}
     row['shapes'] = ' '.join(f'{k}{list(s)}' for k, s in shapes.items())
@@ -206,6 +213,8 @@ def check(ref: str, sources: dict, data_dir: str, batch_size: int,
 def _timing(row: dict) -> str:
   """'41s: init 6, compile 30, steps 3' (the rest: building the batch, imports)."""
   parts = [f'{k} {row[k + "_s"]:.0f}' for k in ('init', 'compile', 'steps') if k + '_s' in row]
+  if parts and row.get('batch_size') == 1:
+    parts.append('one example')
   return f"{row['seconds']:.0f}s" + (': ' + ', '.join(parts) if parts and row['seconds'] else '')
 
 
@@ -323,7 +332,8 @@ _WORKER = {}
 
 
 def _init_worker(shared: str, work: str, batch_size: int, fast_compile_below: int,
-                 compile_cache: bool = False, init: str = 'model') -> None:
+                 compile_cache: bool = False, init: str = 'model',
+                 one_example_above: int = 0) -> None:
   from mer_jax import contract
   contract.quiet_libraries()
   import jax
@@ -338,7 +348,8 @@ def _init_worker(shared: str, work: str, batch_size: int, fast_compile_below: in
     jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
   _WORKER.update(sources=_sources(pathlib.Path(shared), pathlib.Path(work)),
                  data_dir=str(pathlib.Path(work) / 'tfds'), batch_size=batch_size,
-                 fast_compile_below=fast_compile_below, init=init)
+                 fast_compile_below=fast_compile_below, init=init,
+                 one_example_above=one_example_above)
 
 
 def _prepare_in_worker(ref: str) -> str:
@@ -347,7 +358,7 @@ def _prepare_in_worker(ref: str) -> str:
 
 def _check_in_worker(ref: str) -> dict:
   return check(ref, _WORKER['sources'], _WORKER['data_dir'], _WORKER['batch_size'],
-               _WORKER['fast_compile_below'], _WORKER['init'])
+               _WORKER['fast_compile_below'], _WORKER['init'], _WORKER['one_example_above'])
 
 
 def _pool(jobs: int, shared: pathlib.Path, work: pathlib.Path):
@@ -358,7 +369,7 @@ def _pool(jobs: int, shared: pathlib.Path, work: pathlib.Path):
   return concurrent.futures.ProcessPoolExecutor(
       jobs, mp_context=multiprocessing.get_context('spawn'), initializer=_init_worker,
       initargs=(str(shared), str(work), FLAGS.batch_size, FLAGS.fast_compile_below,
-                FLAGS.compile_cache, FLAGS.init))
+                FLAGS.compile_cache, FLAGS.init, FLAGS.one_example_above))
 
 
 def main(argv):
