@@ -159,43 +159,32 @@ class SimilarityAdjustmentBlock(nn.Module):
     return nn.LayerNorm()(x + drop(layers.FeedForward(self.d_ff, self.dropout_rate, nn.relu)(x, train)))
 
 
-class _CMBLayer(nn.Module):
-  """One scanned layer of CMBs: both directions, each with its own weights."""
+class _ScannedLayer(nn.Module):
   num_heads: int
   d_ff: int
   dropout_rate: float
   train: bool
+
+
+class _FusionLayer(_ScannedLayer):
+  """One scanned layer of fusion blocks in both directions: CMB with its own
+  weights per direction (a2v, v2a), SEB with one block for both."""
+  kind: str = 'cmb'
 
   @nn.compact
   def __call__(self, carry, a, v):
     a2v, v2a = carry
-    blk = lambda name: CrossModalBlock(self.num_heads, self.d_ff, self.dropout_rate, name=name)
-    a2v, w_av = blk('a2v')(a2v, v, self.train)
-    v2a, w_va = blk('v2a')(v2a, a, self.train)
+    kw = dict(num_heads=self.num_heads, d_ff=self.d_ff, dropout_rate=self.dropout_rate)
+    if self.kind == 'cmb':
+      blk_av, blk_va = CrossModalBlock(name='a2v', **kw), CrossModalBlock(name='v2a', **kw)
+    else:
+      blk_av = blk_va = SimilarityEnhancementBlock(name='block', **kw)
+    a2v, w_av = blk_av(a2v, v, self.train)
+    v2a, w_va = blk_va(v2a, a, self.train)
     return (a2v, v2a), (w_av, w_va)
 
 
-class _SEBLayer(nn.Module):
-  """One scanned SEB layer: one block serves both directions."""
-  num_heads: int
-  d_ff: int
-  dropout_rate: float
-  train: bool
-
-  @nn.compact
-  def __call__(self, carry, a_enh, v):
-    a2v, v2a = carry
-    blk = SimilarityEnhancementBlock(self.num_heads, self.d_ff, self.dropout_rate, name='block')
-    a2v, w_av = blk(a2v, v, self.train)
-    v2a, w_va = blk(v2a, a_enh, self.train)
-    return (a2v, v2a), (w_av, w_va)
-
-
-class _SABLayer(nn.Module):
-  num_heads: int
-  d_ff: int
-  dropout_rate: float
-  train: bool
+class _SABLayer(_ScannedLayer):
 
   @nn.compact
   def __call__(self, token, a, v):
@@ -318,8 +307,8 @@ class ATTSFNet(nn.Module):
     if self.fusion_block == 'cmb':
       # CMB in both directions: a2v is audio-dominant (audio queries video).
       if self.scan_layers:
-        (a2v, v2a), (w_av, w_va) = _scanned(_CMBLayer, self.num_layers, 'cmb_layers',
-                                            train=train, **blk_kw)((a2v, v2a), a, v)
+        (a2v, v2a), (w_av, w_va) = _scanned(_FusionLayer, self.num_layers, 'cmb_layers',
+                                            kind='cmb', train=train, **blk_kw)((a2v, v2a), a, v)
         w_av, w_va = w_av[-1], w_va[-1]
       else:
         for i in range(self.num_layers):
@@ -331,8 +320,9 @@ class ATTSFNet(nn.Module):
       a_enh, _ = SimilarityEnhancementBlock(name='seb_audio_self', **blk_kw)(a, a, train)
       a2v = a_enh
       if self.scan_layers:
-        (a2v, v2a), (w_av, w_va) = _scanned(_SEBLayer, self.num_layers, 'seb_layers',
-                                            train=train, **blk_kw)((a2v, v2a), a_enh, v)
+        (a2v, v2a), (w_av, w_va) = _scanned(_FusionLayer, self.num_layers, 'seb_layers',
+                                            kind='seb', train=train, **blk_kw)(
+                                                (a2v, v2a), a_enh, v)
         w_av, w_va = w_av[-1], w_va[-1]
       else:
         for i in range(self.num_layers):
