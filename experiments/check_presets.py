@@ -159,15 +159,14 @@ def check(ref: str, sources: dict, data_dir: str, batch_size: int,
     config = _checked_config(ref, sources, data_dir)
     row['dataset'] = config.dataset.name
     builder = input_pipeline.get_builder(config.dataset)
-    values = sum(int(np.prod(s)) for s in assembly.example_shapes(config).values())
-    if one_example_above and values > one_example_above:
+    declared = assembly.example_shapes(config)
+    if one_example_above and _values(declared) > one_example_above:
       batch_size = 1
     batch = _real_batch(builder, batch_size)
     row['batch_size'] = batch_size
     shapes = {k: tuple(v.shape[1:]) for k, v in batch.items() if k in ('audio', 'video',
                                                                         'text', 'physio')}
     row['shapes'] = ' '.join(f'{k}{list(s)}' for k, s in shapes.items())
-    declared = assembly.example_shapes(config)
     for k, s in shapes.items():
       if declared.get(k) != s:
         raise ValueError(f'{k}: the builder gives {s}, the config declares {declared.get(k)}')
@@ -187,7 +186,7 @@ def check(ref: str, sources: dict, data_dir: str, batch_size: int,
     row['init_s'] = time.time() - t
     # Each step runs once: on light inputs compiling it fast saves more than the
     # slower code costs; on paper-size video the step's run dominates.
-    fast = sum(int(np.prod(s)) for s in shapes.values()) <= fast_compile_below
+    fast = _values(shapes) <= fast_compile_below
     opts = {'compiler_options': assembly.FAST_COMPILE} if fast else {}
     t = time.time()
     train_step = run.train_step.lower(run.state, placed).compile(**opts)
@@ -280,17 +279,20 @@ def _build_key(config) -> tuple:
   return (config.dataset.name, int(config.dataset.get('train_augment_copies', 0) or 0))
 
 
-def _cost(ref: str) -> float:
-  """A check's expected seconds, for ordering only: input values per example
-  (video frames dominate both the steps and the compiled program's size)."""
+def _values(shapes: dict) -> int:
+  """Input values per example: what a check's compile and step times grow with
+  (video frames dominate both)."""
   import numpy as np
-  from experiments import definitions as defs
+  return sum(int(np.prod(s)) for s in shapes.values())
+
+
+def _cost(config) -> float:
+  """A check's expected cost, for ordering only."""
   from mer_jax import assembly
   try:
-    shapes = assembly.example_shapes(defs.load_config(ref))
+    return float(_values(assembly.example_shapes(config)))
   except Exception:  # the check reports it
     return 0.0
-  return float(sum(np.prod(s) for s in shapes.values()))
 
 
 def _schedule(pool, jobs: int, builds: list, checks: list, needs: dict, cost: dict):
@@ -307,7 +309,7 @@ def _schedule(pool, jobs: int, builds: list, checks: list, needs: dict, cost: di
   while pending_builds or waiting or running:
     while len(running) < jobs and (pending_builds or waiting):
       if pending_builds:
-        key, ref = pending_builds.pop(0)
+        _, ref = pending_builds.pop(0)
         running[pool.submit(_prepare_in_worker, ref)] = ('built', ref)
         continue
       ready = [r for r in waiting if needs.get(r) is None or needs[r] in built]
@@ -393,23 +395,23 @@ def main(argv):
   # One build per dataset config, so that no two workers write the same files;
   # each check starts as soon as the build it reads is done.
   from experiments import definitions as defs
-  first, needs = {}, {}
+  first, needs, cost = {}, {}, {}
   for ref in refs:
     try:
-      key = _build_key(defs.load_config(ref))
+      config = defs.load_config(ref)
     except Exception:  # the check reports it
       continue
-    first.setdefault(key, ref)
-    needs[ref] = key
+    needs[ref] = _build_key(config)
+    first.setdefault(needs[ref], ref)
+    cost[ref] = _cost(config)
   for ref in first.values():
     _sources_for(ref, sources)
   jobs = FLAGS.jobs or os.cpu_count() or 1
   same = _same_as(refs)
   todo = [r for r in refs if r not in same]
-  cost = {r: _cost(r) for r in todo}
   t0 = time.time()
   header = f"{'config':44s} {'dataset config':28s} {'shapes':58s} result"
-  rows, done = {}, {}
+  rows = {}
   print(f'{jobs} worker(s); builds first, then checks, the costliest first\n{header}\n'
         + '-' * len(header), flush=True)
 
@@ -430,7 +432,6 @@ def main(argv):
       if event == 'builds done':
         print(f'datasets ready in {time.time() - t0:.0f}s', flush=True)
         continue
-      done[ref] = result
       report(ref, result)
       for other in refs:
         if same.get(other) == ref:
