@@ -3,6 +3,7 @@
   python -m experiments.check_presets                      # all five papers
   python -m experiments.check_presets --papers=002 --presets=ravdess,crema_d
   python -m experiments.check_presets --variants=none      # presets only
+  python -m experiments.check_presets --variants=step      # step every variant too
   python -m experiments.check_presets --jobs=1             # one check at a time
 
 For each preset: build its dataset with the builder config the preset names,
@@ -12,7 +13,11 @@ batch; check that the builder's shapes are the ones the config declares;
 assemble the run from that batch; run one train step and one eval step; the
 loss must be finite. Variants run on the preset their paper's tables use (the
 first row of the config's TABLES whose preset is real data), or on `tiny`, unless
-the config's VARIANT_BASES names the one preset a variant is for.
+the config's VARIANT_BASES names the one preset a variant is for. By default a
+variant's steps are traced and lowered on that real batch (every shape, parameter
+and loss term is checked) but not compiled: compiling costs 30-90 s per variant at
+paper shapes, and the variants' numerics are unit-tested at tiny shapes;
+`--variants=step` compiles and runs them like the presets.
 
 Prints one row per check (config, dataset config, input shapes, ok or why) and
 exits 0 only if every check passes. Built datasets are cached under --work.
@@ -39,14 +44,16 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string('papers', '000,001,002,003,004', 'Papers to check.')
 flags.DEFINE_string('presets', '', 'Only these presets (comma-separated).')
-flags.DEFINE_enum('variants', 'all', ['all', 'none'], 'Also check every variant.')
+flags.DEFINE_enum('variants', 'lower', ['step', 'lower', 'none'],
+                  "Variants: 'step' checks them as presets, 'lower' traces and lowers their "
+                  "steps on the real batch without compiling them, 'none' skips them.")
 flags.DEFINE_string('shared_data', '', 'Folder with the real samples (default ../shared/data).')
 flags.DEFINE_string('work', '', 'Folder for fixtures and built datasets (default: a temp dir).')
 flags.DEFINE_integer('batch_size', 2, 'Examples per checked step.')
 flags.DEFINE_integer('one_example_above', 5_000_000,
                      'Steps whose inputs have more values per example check one example '
                      '(90 frames of 224x224: a train step of two takes a minute here).')
-flags.DEFINE_integer('fast_compile_below', 250_000,
+flags.DEFINE_integer('fast_compile_below', 5_000_000,
                      'Steps whose inputs have at most this many values per example compile '
                      'with XLA backend optimisation off (faster to compile, slower to run).')
 flags.DEFINE_bool('compile_cache', True, "Share compiled programs between checks through "
@@ -146,8 +153,10 @@ def prepare(ref: str, sources: dict, data_dir: str) -> str:
 
 
 def check(ref: str, sources: dict, data_dir: str, batch_size: int,
-          fast_compile_below: int = 0, init: str = 'model', one_example_above: int = 0) -> dict:
-  """One preset: real batch, shapes, assembled run, one train and one eval step."""
+          fast_compile_below: int = 0, init: str = 'model', one_example_above: int = 0,
+          lower_only: bool = False) -> dict:
+  """One preset: real batch, shapes, assembled run, one train and one eval step
+  (with `lower_only`, both steps traced and lowered, not compiled or run)."""
   import numpy as np
   from data_pipelines import input_pipeline
   from experiments import definitions as defs
@@ -184,8 +193,17 @@ def check(ref: str, sources: dict, data_dir: str, batch_size: int,
                              init=init)
     placed = sharding.place_batch(batch, run.mesh)
     row['init_s'] = time.time() - t
-    # Each step runs once: on light inputs compiling it fast saves more than the
-    # slower code costs; on paper-size video the step's run dominates.
+    if lower_only:
+      t = time.time()
+      run.train_step.lower(run.state, placed)
+      run.eval_step().lower(run.state, placed)
+      row['lower_s'] = time.time() - t
+      row['ok'] = True
+      row['seconds'] = time.time() - t0
+      return row
+    # Each step runs once: compiling it fast saves more than the slower code costs
+    # (AVT-CA at paper shapes: compile 42 -> 31 s, steps 2 -> 4 s), except on
+    # Tucker fusion's 90 frames of 224x224, where the step's run dominates.
     fast = _values(shapes) <= fast_compile_below
     opts = {'compiler_options': assembly.FAST_COMPILE} if fast else {}
     t = time.time()
@@ -211,7 +229,8 @@ def check(ref: str, sources: dict, data_dir: str, batch_size: int,
 
 def _timing(row: dict) -> str:
   """'41s: init 6, compile 30, steps 3' (the rest: building the batch, imports)."""
-  parts = [f'{k} {row[k + "_s"]:.0f}' for k in ('init', 'compile', 'steps') if k + '_s' in row]
+  parts = [f'{k} {row[k + "_s"]:.0f}' for k in ('init', 'lower', 'compile', 'steps')
+           if k + '_s' in row]
   if parts and row.get('batch_size') == 1:
     parts.append('one example')
   return f"{row['seconds']:.0f}s" + (': ' + ', '.join(parts) if parts and row['seconds'] else '')
@@ -242,6 +261,11 @@ def references(papers, presets_filter, with_variants) -> list[str]:
       for variant in getattr(mod, 'VARIANTS', {}):
         refs.append(f'{path}:{own.get(variant, base)}+{variant}')
   return refs
+
+
+def is_variant(ref: str) -> bool:
+  """'configs/x.py:ravdess+no_sim' names a variant; 'configs/x.py:ravdess' a preset."""
+  return '+' in ref.rpartition(':')[2]
 
 
 def _same_as(refs: list[str]) -> dict:
@@ -335,7 +359,7 @@ _WORKER = {}
 
 def _init_worker(shared: str, work: str, batch_size: int, fast_compile_below: int,
                  compile_cache: bool = False, init: str = 'model',
-                 one_example_above: int = 0) -> None:
+                 one_example_above: int = 0, variants: str = 'step') -> None:
   from mer_jax import contract
   contract.quiet_libraries()
   import jax
@@ -351,7 +375,7 @@ def _init_worker(shared: str, work: str, batch_size: int, fast_compile_below: in
   _WORKER.update(sources=_sources(pathlib.Path(shared), pathlib.Path(work)),
                  data_dir=str(pathlib.Path(work) / 'tfds'), batch_size=batch_size,
                  fast_compile_below=fast_compile_below, init=init,
-                 one_example_above=one_example_above)
+                 one_example_above=one_example_above, variants=variants)
 
 
 def _prepare_in_worker(ref: str) -> str:
@@ -360,7 +384,8 @@ def _prepare_in_worker(ref: str) -> str:
 
 def _check_in_worker(ref: str) -> dict:
   return check(ref, _WORKER['sources'], _WORKER['data_dir'], _WORKER['batch_size'],
-               _WORKER['fast_compile_below'], _WORKER['init'], _WORKER['one_example_above'])
+               _WORKER['fast_compile_below'], _WORKER['init'], _WORKER['one_example_above'],
+               lower_only=_WORKER['variants'] == 'lower' and is_variant(ref))
 
 
 def _pool(jobs: int, shared: pathlib.Path, work: pathlib.Path):
@@ -371,7 +396,7 @@ def _pool(jobs: int, shared: pathlib.Path, work: pathlib.Path):
   return concurrent.futures.ProcessPoolExecutor(
       jobs, mp_context=multiprocessing.get_context('spawn'), initializer=_init_worker,
       initargs=(str(shared), str(work), FLAGS.batch_size, FLAGS.fast_compile_below,
-                FLAGS.compile_cache, FLAGS.init, FLAGS.one_example_above))
+                FLAGS.compile_cache, FLAGS.init, FLAGS.one_example_above, FLAGS.variants))
 
 
 def main(argv):
@@ -389,7 +414,7 @@ def main(argv):
   work = pathlib.Path(FLAGS.work or tempfile.mkdtemp(prefix='check_presets_'))
   sources = _sources(shared, work)
   refs = references([p for p in FLAGS.papers.split(',') if p],
-                    [p for p in FLAGS.presets.split(',') if p], FLAGS.variants == 'all')
+                    [p for p in FLAGS.presets.split(',') if p], FLAGS.variants != 'none')
   print(f'{len(refs)} checks; datasets under {work}', flush=True)
   data_dir = str(work / 'tfds')
   # One build per dataset config, so that no two workers write the same files;
@@ -403,7 +428,8 @@ def main(argv):
       continue
     needs[ref] = _build_key(config)
     first.setdefault(needs[ref], ref)
-    cost[ref] = _cost(config)
+    # A lowered variant costs a tenth of a compiled check of the same inputs.
+    cost[ref] = _cost(config) * (0.1 if FLAGS.variants == 'lower' and is_variant(ref) else 1)
   for ref in first.values():
     _sources_for(ref, sources)
   jobs = FLAGS.jobs or os.cpu_count() or 1
@@ -441,8 +467,10 @@ def main(argv):
   failed = [r for r in rows if not r['ok']]
   for r in failed:
     print(f"FAILED {r['config']}: {r['why']}")
-  print(f'\n{len(rows) - len(failed)} passed, {len(failed)} failed in '
-        f'{time.time() - t0:.0f}s')
+  lowered = sum('lower_s' in r for r in rows)
+  print(f'\n{len(rows) - len(failed)} passed'
+        + (f' ({lowered} lowered, not run)' if lowered else '')
+        + f', {len(failed)} failed in {time.time() - t0:.0f}s')
   sys.exit(1 if failed else 0)
 
 

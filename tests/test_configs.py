@@ -184,3 +184,28 @@ def test_preset_check_schedule_builds_first_then_the_costliest_ready_check(monke
   order = [r for k, r in started if k == 'check']
   assert order.index('a:big') < order.index('a:small')
   assert order.index('b:other') < order.index('b:broken')
+
+
+def test_preset_check_lowers_a_variant_on_the_real_batch_without_compiling_it(tiny_data_dir,
+                                                                             monkeypatch):
+  import pathlib
+  from experiments import check_presets
+  assert check_presets.is_variant('configs/attsf_net.py:tiny+no_sim')
+  assert not check_presets.is_variant('configs/attsf_net.py:tiny,seed=1')
+  sources = check_presets._sources(pathlib.Path('unused'), pathlib.Path('unused'))
+  row = check_presets.check('configs/attsf_net.py:tiny+no_sim', sources, tiny_data_dir, 2,
+                            init='host', lower_only=True)
+  assert row['ok'], row['why']
+  assert 'lower_s' in row and 'compile_s' not in row and 'steps_s' not in row
+  # A variant whose model cannot be traced on that batch fails the lowered check.
+  checked = check_presets._checked_config
+
+  def broken(*args):
+    config = checked(*args)
+    config.model.num_heads = 3  # does not divide d_model
+    return config
+
+  monkeypatch.setattr(check_presets, '_checked_config', broken)
+  row = check_presets.check('configs/attsf_net.py:tiny+no_sim', sources, tiny_data_dir, 2,
+                            init='host', lower_only=True)
+  assert not row['ok'] and 'divisible' in row['why'], row['why']
