@@ -12,16 +12,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / 'shared' / 'data'
 
 
-# The tests run each program for a few steps on tiny inputs, so compiling dominates:
-# XLA's backend optimisation off (as assembly.FAST_COMPILE) takes ~40 % off the suite.
-# Set before any backend starts; the subprocess runs inherit it.
-FAST_XLA_FLAGS = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
-
-
 def pytest_configure(config):
-  flags = os.environ.get('XLA_FLAGS', '')
-  if 'xla_backend_optimization_level' not in flags:
-    os.environ['XLA_FLAGS'] = f'{flags} {FAST_XLA_FLAGS}'.strip()
   # In-process runs of the same config compile the same steps: share them through
   # JAX's persistent cache (as the subprocess runs do).
   import jax

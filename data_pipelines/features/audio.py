@@ -294,8 +294,10 @@ def prosody_features(wave: np.ndarray, cfg: AudioFeatureConfig) -> np.ndarray:
   hop, sr = cfg.hop_length, cfg.sample_rate
   # pYIN needs a window of a few periods of f0_min; the frame count only depends on hop.
   f0_frame = max(cfg.n_fft, 1 << int(np.ceil(np.log2(4 * sr / cfg.f0_min))))
-  f0, voiced_flag, _ = librosa.pyin(wave, fmin=cfg.f0_min, fmax=cfg.f0_max, sr=sr,
-                              frame_length=f0_frame, hop_length=hop)
+  from data_pipelines.features import viterbi
+  with viterbi.sparse_viterbi_in_librosa():  # same tracks, ~5x faster
+    f0, voiced_flag, _ = librosa.pyin(wave, fmin=cfg.f0_min, fmax=cfg.f0_max, sr=sr,
+                                      frame_length=f0_frame, hop_length=hop)
   voiced = np.isfinite(f0)
   if voiced.any():
     idx = np.arange(f0.size)
