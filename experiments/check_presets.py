@@ -16,7 +16,7 @@ first row of the config's TABLES whose preset is real data), or on `tiny`, unles
 the config's VARIANT_BASES names the one preset a variant is for. By default a
 variant's steps are traced and lowered on that real batch (every shape, parameter
 and loss term is checked) but not compiled: compiling costs 30-90 s per variant at
-paper shapes, and the variants' numerics are unit-tested at tiny shapes;
+paper shapes (many variants also run at tiny shapes in the unit tests);
 `--variants=step` compiles and runs them like the presets.
 
 Prints one row per check (config, dataset config, input shapes, ok or why) and
