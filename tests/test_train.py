@@ -221,8 +221,7 @@ def test_one_and_eight_devices_give_the_same_loss():
   outs = {}
   for n in (1, 8):
     proc = _run([sys.executable, str(ROOT / 'tests' / 'loss_on_devices.py')],
-                XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
-                f'--xla_force_host_platform_device_count={n}', JAX_PLATFORMS='cpu')
+                XLA_FLAGS=f'--xla_force_host_platform_device_count={n}', JAX_PLATFORMS='cpu')
     outs[n] = json.loads(proc.stdout.strip().splitlines()[-1])
   assert outs[1]['devices'] == 1 and outs[8]['devices'] == 8
   np.testing.assert_allclose(outs[1]['losses'], outs[8]['losses'], rtol=1e-5, atol=1e-5)

@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import threading
 
+import numba
 import numpy as np
 
 _PATCH_LOCK = threading.Lock()
 
 
+@numba.njit(cache=True)
 def _decode(log_prob, ptr, idx, log_w, log_floor, log_p_init):  # pragma: no cover
   n_steps, n_states = log_prob.shape
   back = np.zeros((n_steps, n_states), dtype=np.int32)
@@ -52,17 +54,6 @@ def _decode(log_prob, ptr, idx, log_w, log_floor, log_p_init):  # pragma: no cov
   return states, prev[last]
 
 
-_decode_jit = None
-
-
-def _compiled():
-  global _decode_jit
-  if _decode_jit is None:
-    import numba
-    _decode_jit = numba.njit(cache=True)(_decode)
-  return _decode_jit
-
-
 def viterbi(prob: np.ndarray, transition: np.ndarray, *, p_init=None, return_logp=False):
   """`librosa.sequence.viterbi` (same arguments, same checks' effect, same results) in
   time proportional to the transition matrix's non-zero entries."""
@@ -82,12 +73,11 @@ def viterbi(prob: np.ndarray, transition: np.ndarray, *, p_init=None, return_log
   log_w = np.log(cols[nz] + epsilon)
   log_floor = float(np.log(epsilon))
   log_p_init = np.log(p_init + epsilon)
-  decode = _compiled()
   flat = np.log(prob + epsilon).reshape(-1, n_states, n_steps)
   states = np.empty((flat.shape[0], n_steps), dtype=np.uint16)
   logp = np.empty((flat.shape[0], 1), dtype=np.float64)
   for b in range(flat.shape[0]):
-    s, lp = decode(np.ascontiguousarray(flat[b].T), ptr, idx, log_w, log_floor, log_p_init)
+    s, lp = _decode(np.ascontiguousarray(flat[b].T), ptr, idx, log_w, log_floor, log_p_init)
     states[b], logp[b] = s, lp
   states = states.reshape(prob.shape[:-2] + (n_steps,))
   logp = logp.reshape(prob.shape[:-2] + (1,)) if prob.ndim > 2 else float(logp[0, 0])
