@@ -228,7 +228,8 @@ class Run:
 
 
 # XLA options for computations that run once or twice (init, the preset check's steps):
-# about half the compile time, same results (the HLO-level passes still run).
+# about half the compile time. Forward passes give the same numbers; gradients can differ
+# at level 0 (backward_profile.md §7), so training never compiles with these.
 FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
 
 

@@ -3,6 +3,7 @@ and the real sample files in ../shared/data (tests skip where it is absent)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pathlib
 
@@ -23,15 +24,21 @@ def pytest_configure(config):
 
 @pytest.fixture(scope='session')
 def tiny_data_dir(tmp_path_factory):
-  """TFDS data_dir holding `synthetic_av/small` (12 speakers, 4 frames of 32x32)."""
+  """TFDS data_dir holding `synthetic_av/small` (12 speakers, 4 frames of 32x32),
+  built once and shared by the pytest-xdist workers."""
   from mer_jax.contract import quiet_libraries
   from data_pipelines import input_pipeline
   from configs import avt_ca
   quiet_libraries()
-  data_dir = os.environ.get('MER_JAX_TEST_DATA_DIR') or str(tmp_path_factory.mktemp('tfds'))
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    base = base.parent  # the workers' common temporary folder
+  data_dir = os.environ.get('MER_JAX_TEST_DATA_DIR') or str(base / 'tfds_shared')
   cfg = avt_ca.get_config('tiny')
   cfg.dataset.data_dir = data_dir
-  input_pipeline.get_builder(cfg.dataset)
+  with open(base / 'tfds_shared.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # one worker builds; the others wait, then read it
+    input_pipeline.get_builder(cfg.dataset)
   return data_dir
 
 
