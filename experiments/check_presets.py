@@ -17,7 +17,8 @@ the config's VARIANT_BASES names the one preset a variant is for. By default a
 variant's steps are traced and lowered on that real batch (every shape, parameter
 and loss term is checked) but not compiled: compiling costs 30-90 s per variant at
 paper shapes (many variants also run at tiny shapes in the unit tests);
-`--variants=step` compiles and runs them like the presets.
+`--variants=step` compiles and runs them like the presets. The `tiny` presets are
+lowered the same way (`--lower_presets`): the unit tests compile and train them.
 
 Prints one row per check (config, dataset config, input shapes, ok or why) and
 exits 0 only if every check passes. Built datasets are cached under --work.
@@ -47,6 +48,9 @@ flags.DEFINE_string('presets', '', 'Only these presets (comma-separated).')
 flags.DEFINE_enum('variants', 'lower', ['step', 'lower', 'none'],
                   "Variants: 'step' checks them as presets, 'lower' traces and lowers their "
                   "steps on the real batch without compiling them, 'none' skips them.")
+flags.DEFINE_string('lower_presets', 'tiny',
+                    "Presets traced and lowered like the variants, not compiled ('' for none): "
+                    'the unit tests compile and train every tiny preset on synthetic_av/small.')
 flags.DEFINE_string('shared_data', '', 'Folder with the real samples (default ../shared/data).')
 flags.DEFINE_string('work', '', 'Folder for fixtures and built datasets (default: a temp dir).')
 flags.DEFINE_integer('batch_size', 2, 'Examples per checked step.')
@@ -263,6 +267,11 @@ def references(papers, presets_filter, with_variants) -> list[str]:
   return refs
 
 
+def lowered(ref: str, variants: str, lower_presets: tuple) -> bool:
+  """Whether `ref`'s steps are only traced and lowered (with --variants=lower)."""
+  return variants == 'lower' and (is_variant(ref) or ref.rpartition(':')[2] in lower_presets)
+
+
 def is_variant(ref: str) -> bool:
   """'configs/x.py:ravdess+no_sim' names a variant; 'configs/x.py:ravdess' a preset."""
   return '+' in ref.rpartition(':')[2]
@@ -359,7 +368,8 @@ _WORKER = {}
 
 def _init_worker(shared: str, work: str, batch_size: int, fast_compile_below: int,
                  compile_cache: bool = False, init: str = 'model',
-                 one_example_above: int = 0, variants: str = 'step') -> None:
+                 one_example_above: int = 0, variants: str = 'step',
+                 lower_presets: tuple = ()) -> None:
   from mer_jax import contract
   contract.quiet_libraries()
   import jax
@@ -375,7 +385,8 @@ def _init_worker(shared: str, work: str, batch_size: int, fast_compile_below: in
   _WORKER.update(sources=_sources(pathlib.Path(shared), pathlib.Path(work)),
                  data_dir=str(pathlib.Path(work) / 'tfds'), batch_size=batch_size,
                  fast_compile_below=fast_compile_below, init=init,
-                 one_example_above=one_example_above, variants=variants)
+                 one_example_above=one_example_above, variants=variants,
+                 lower_presets=lower_presets)
 
 
 def _prepare_in_worker(ref: str) -> str:
@@ -385,7 +396,11 @@ def _prepare_in_worker(ref: str) -> str:
 def _check_in_worker(ref: str) -> dict:
   return check(ref, _WORKER['sources'], _WORKER['data_dir'], _WORKER['batch_size'],
                _WORKER['fast_compile_below'], _WORKER['init'], _WORKER['one_example_above'],
-               lower_only=_WORKER['variants'] == 'lower' and is_variant(ref))
+               lower_only=lowered(ref, _WORKER['variants'], _WORKER['lower_presets']))
+
+
+def _lower_presets() -> tuple:
+  return tuple(p for p in FLAGS.lower_presets.split(',') if p)
 
 
 def _pool(jobs: int, shared: pathlib.Path, work: pathlib.Path):
@@ -396,7 +411,8 @@ def _pool(jobs: int, shared: pathlib.Path, work: pathlib.Path):
   return concurrent.futures.ProcessPoolExecutor(
       jobs, mp_context=multiprocessing.get_context('spawn'), initializer=_init_worker,
       initargs=(str(shared), str(work), FLAGS.batch_size, FLAGS.fast_compile_below,
-                FLAGS.compile_cache, FLAGS.init, FLAGS.one_example_above, FLAGS.variants))
+                FLAGS.compile_cache, FLAGS.init, FLAGS.one_example_above, FLAGS.variants,
+                _lower_presets()))
 
 
 def main(argv):
@@ -429,7 +445,7 @@ def main(argv):
     needs[ref] = _build_key(config)
     first.setdefault(needs[ref], ref)
     # A lowered variant costs a tenth of a compiled check of the same inputs.
-    cost[ref] = _cost(config) * (0.1 if FLAGS.variants == 'lower' and is_variant(ref) else 1)
+    cost[ref] = _cost(config) * (0.1 if lowered(ref, FLAGS.variants, _lower_presets()) else 1)
   for ref in first.values():
     _sources_for(ref, sources)
   jobs = FLAGS.jobs or os.cpu_count() or 1

@@ -293,11 +293,12 @@ def test_weight_average_is_what_evaluation_and_warm_starts_use(tiny_data_dir, tm
                                 avg)
   # The run's test figures are the average's: re-scoring the checkpoint reproduces them,
   # while the raw weights score a different loss.
-  again = evaluate.evaluate_checkpoint(cfg, workdir, 'test', figures=False)
-  assert again['loss'] == pytest.approx(res['test']['loss'], rel=1e-5)
   from data_pipelines import input_pipeline
   from mer_jax import evaluators
   data = input_pipeline.prepare(cfg.dataset, build_if_missing=False)
+  # The restored run's eval step serves both scorings (assembling again compiles again).
+  again = evaluate.evaluate_checkpoint(cfg, workdir, 'test', figures=False, run=run, data=data)
+  assert again['loss'] == pytest.approx(res['test']['loss'], rel=1e-5)
   raw_loss = evaluators.score(run, state.replace(ema_params=None), data, 'test')['loss']
   assert raw_loss != pytest.approx(res['test']['loss'], rel=1e-4)
 
