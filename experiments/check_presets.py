@@ -267,7 +267,7 @@ def references(papers, presets_filter, with_variants) -> list[str]:
   return refs
 
 
-def lowered(ref: str, variants: str, lower_presets: tuple) -> bool:
+def is_lowered(ref: str, variants: str, lower_presets: tuple) -> bool:
   """Whether `ref`'s steps are only traced and lowered (with --variants=lower)."""
   return variants == 'lower' and (is_variant(ref) or ref.rpartition(':')[2] in lower_presets)
 
@@ -396,7 +396,7 @@ def _prepare_in_worker(ref: str) -> str:
 def _check_in_worker(ref: str) -> dict:
   return check(ref, _WORKER['sources'], _WORKER['data_dir'], _WORKER['batch_size'],
                _WORKER['fast_compile_below'], _WORKER['init'], _WORKER['one_example_above'],
-               lower_only=lowered(ref, _WORKER['variants'], _WORKER['lower_presets']))
+               lower_only=is_lowered(ref, _WORKER['variants'], _WORKER['lower_presets']))
 
 
 def _lower_presets() -> tuple:
@@ -445,7 +445,7 @@ def main(argv):
     needs[ref] = _build_key(config)
     first.setdefault(needs[ref], ref)
     # A lowered variant costs a tenth of a compiled check of the same inputs.
-    cost[ref] = _cost(config) * (0.1 if lowered(ref, FLAGS.variants, _lower_presets()) else 1)
+    cost[ref] = _cost(config) * (0.1 if is_lowered(ref, FLAGS.variants, _lower_presets()) else 1)
   for ref in first.values():
     _sources_for(ref, sources)
   jobs = FLAGS.jobs or os.cpu_count() or 1

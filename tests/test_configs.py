@@ -192,10 +192,10 @@ def test_preset_check_lowers_a_variant_on_the_real_batch_without_compiling_it(ti
   from experiments import check_presets
   assert check_presets.is_variant('configs/attsf_net.py:tiny+no_sim')
   assert not check_presets.is_variant('configs/attsf_net.py:tiny,seed=1')
-  assert check_presets.lowered('configs/attsf_net.py:ravdess+no_sim', 'lower', ('tiny',))
-  assert check_presets.lowered('configs/attsf_net.py:tiny', 'lower', ('tiny',))
-  assert not check_presets.lowered('configs/attsf_net.py:ravdess', 'lower', ('tiny',))
-  assert not check_presets.lowered('configs/attsf_net.py:tiny', 'step', ('tiny',))
+  assert check_presets.is_lowered('configs/attsf_net.py:ravdess+no_sim', 'lower', ('tiny',))
+  assert check_presets.is_lowered('configs/attsf_net.py:tiny', 'lower', ('tiny',))
+  assert not check_presets.is_lowered('configs/attsf_net.py:ravdess', 'lower', ('tiny',))
+  assert not check_presets.is_lowered('configs/attsf_net.py:tiny', 'step', ('tiny',))
   sources = check_presets._sources(pathlib.Path('unused'), pathlib.Path('unused'))
   row = check_presets.check('configs/attsf_net.py:tiny+no_sim', sources, tiny_data_dir, 2,
                             init='host', lower_only=True)
