@@ -108,7 +108,7 @@ def test_padding_changes_no_eval_output(paper, overrides, modalities):
 
 
 # compiled: where compiling the three passes costs less than dispatching their ops one by
-# one (AVT-CA tiny: 47 against 102 s here; Tucker fusion: 42 against 25 s; the others even).
+# one (AVT-CA tiny: about half the time; the other models gained nothing, not side by side).
 @pytest.mark.parametrize('paper,encoder,compiled', [('avt_ca', 'audio_encoder', True),
                                                     ('tucker_fusion', 'audio_cnn', False),
                                                     ('attsf_net', 'audio_cnn', False),
